@@ -1,0 +1,31 @@
+# One virtualenv per checkout, made and filled from pyproject.toml on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-all lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+## main job: convert the seed models from randomly initialised timm/HF weights and print the parity table
+demo: $(VENV)/.installed
+	$(PY) -m converters demo
+
+## lint, then the default test suite (large models are marked slow and left to test-all)
+test: $(VENV)/.installed lint
+	$(PY) -m pytest -q
+
+## every test, the slow ones (large/huge/384 px) included
+test-all: $(VENV)/.installed lint
+	$(PY) -m pytest -q -m ""
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,154 @@
+"""Weight conversion between timm / transformers state_dicts and vitjax models, in both directions.
+
+    converters.from_torch(model, state_dict_or_path, source="timm")   # fills every weight, or raises
+    sd = converters.to_torch(model, target="timm")                      # dict[str, np.ndarray], strict-loadable
+
+Strict: a checkpoint with missing, unexpected or mis-shaped keys raises one :class:`ConversionError` that
+lists every offender, and says which registered model the checkpoint looks like. Nothing in the model is
+changed unless the whole checkpoint fits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import cache, lru_cache
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax import numpy as jnp
+
+from converters.engine import ConversionError, Table, check, expected_torch_shapes, plan, weights
+from converters.io import CheckpointError, load_state_dict, save_safetensors, shapes_of, to_numpy
+from converters.tables import tables_for
+
+__all__ = [
+    "CheckpointError",
+    "ConversionError",
+    "from_torch",
+    "guess_model",
+    "load_state_dict",
+    "save_safetensors",
+    "to_torch",
+]
+
+_PREFIXES = {"hf": ("vit.",)}  # ViTForImageClassification wraps ViTModel as `vit.`
+
+
+def _unwrap(model: nnx.Module) -> tuple[nnx.Module, str]:
+    """(the model that carries the registry name, the path prefix of its weights)."""
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nnx.Module) and hasattr(inner, "family"):
+        return inner, "model."  # features_only wrapper: timm's FeatureGetterNet keys are `model.*` too
+    if not hasattr(model, "family"):
+        raise ConversionError("converters work on models made by vitjax.create_model (this one has no family)")
+    return model, ""
+
+
+def _strip(sd: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
+    if prefix and sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def _choose_table(model: nnx.Module, tables: list[Table], keys) -> Table:
+    if len(tables) == 1:
+        return tables[0]
+    keys = set(keys)
+    return max(tables, key=lambda t: len(keys & set(expected_torch_shapes(model, t))))
+
+
+def from_torch(
+    model: nnx.Module,
+    state_dict: Mapping[str, Any] | str | os.PathLike,
+    source: str = "timm",
+    *,
+    shardings: Mapping[str, jax.sharding.Sharding] | None = None,
+) -> nnx.Module:
+    """Fill every weight of ``model`` from a timm (``source="timm"``) or transformers (``"hf"``) state_dict.
+
+    ``state_dict`` is a mapping of torch tensors or numpy arrays, or a path to ``.safetensors`` / ``.pth`` /
+    ``.bin``. Works on abstract models (``create_model(..., abstract=True)``). For a ``features_only`` model
+    the checkpoint may be timm's features model (``model.*`` keys) or the full model; weights of pruned
+    layers and of the head are then ignored. ``shardings`` (weight path -> Sharding) places each converted
+    array straight onto its devices. Returns the model.
+    """
+    what = str(state_dict) if isinstance(state_dict, str | os.PathLike) else "state_dict"
+    sd = load_state_dict(state_dict) if isinstance(state_dict, str | os.PathLike) else state_dict
+    inner, prefix = _unwrap(model)
+    sd = _strip(sd, "model.") if prefix else sd
+    for p in _PREFIXES.get(source, ()):
+        sd = _strip(sd, p)
+    table = _choose_table(inner, tables_for(inner.family, source), sd.keys())
+    steps = plan(inner, table)
+    shapes = shapes_of(sd)
+    if prefix:  # features_only: the pruned layers and the head of a full checkpoint are not needed
+        wanted = {k for st in steps for k in st.torch_keys}
+        shapes = {k: s for k, s in shapes.items() if k in wanted}
+    problems = check(steps, shapes, table, what)
+    if problems:
+        guess = guess_model(shapes_of(sd), source) if not prefix else None
+        if guess and guess != inner.model_name:
+            problems.insert(1, f"  this checkpoint looks like {guess!r}, not {inner.model_name!r}")
+        raise ConversionError("\n".join(problems))
+
+    targets = weights(inner)
+    converted = {}
+    for st in steps:  # convert everything before touching the model
+        value = st.transform.to_jax(*(to_numpy(sd[k]) for k in st.torch_keys))
+        dtype = targets[st.jax_key].get_value().dtype
+        arr = np.asarray(value).astype(dtype, copy=False)
+        sharding = shardings.get(prefix + st.jax_key) if shardings else None
+        converted[st.jax_key] = jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr)
+    for key, value in converted.items():
+        targets[key].set_value(value)
+    return model
+
+
+def to_torch(model: nnx.Module, target: str = "timm") -> dict[str, np.ndarray]:
+    """The model's weights as a ``target`` ("timm" / "hf") state_dict of numpy arrays, loadable with
+    ``load_state_dict(..., strict=True)`` after ``torch.from_numpy``."""
+    inner, prefix = _unwrap(model)
+    table = tables_for(inner.family, target)[0]
+    targets = weights(inner)
+    out: dict[str, np.ndarray] = {}
+    for st in plan(inner, table):
+        value = np.asarray(jax.device_get(targets[st.jax_key].get_value()))
+        arrays = st.transform.to_torch(value)
+        arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+        for k, a in zip(st.torch_keys, arrays, strict=True):
+            out[prefix + k] = np.require(a, requirements=["C", "W"])
+    if table.extra_torch is not None:
+        out.update({prefix + k: v for k, v in table.extra_torch(out).items()})
+    return out
+
+
+@cache
+def _signature(name: str, source: str) -> dict[str, tuple[int, ...]]:
+    import vitjax
+
+    model = vitjax.create_model(name, abstract=True)
+    return expected_torch_shapes(model, tables_for(model.family, source)[0])
+
+
+def guess_model(shapes: Mapping[str, tuple[int, ...]], source: str = "timm") -> str | None:
+    """The registered model whose ``source`` checkpoint has exactly these keys and shapes, else the closest
+    one (by the share of matching keys and shapes), or None if nothing is close."""
+    import vitjax
+    from converters.tables import TABLES
+
+    families = {fam for fam, src in TABLES if src == source}
+    have = {(k, tuple(s)) for k, s in shapes.items()}
+    best, best_score = None, 0.5
+    for name in vitjax.list_models():
+        if vitjax.get_spec(name).family not in families:
+            continue
+        want = set(_signature(name, source).items())
+        score = len(have & want) / max(len(have | want), 1)
+        if score == 1.0:
+            return name
+        if score > best_score:
+            best, best_score = name, score
+    return best

@@ -1,0 +1,79 @@
+"""Shared helpers for parity tests against the real reference libraries (timm, transformers).
+
+They import torch/timm/transformers unconditionally: a missing reference library fails the test run, it
+never skips it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import timm  # noqa: F401  (a missing reference library must fail, not skip)
+import torch
+import transformers  # noqa: F401
+
+import converters
+
+# Error = max|jax - torch| / max(1, max|torch|), as the project defines it.
+TOL = 1e-4
+
+
+def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every float tensor of the state_dict (parameters and persistent buffers such as BatchNorm
+    running statistics) a random value, so that no mapping bug hides behind zeros, ones or equal values.
+
+    Scales keep activations sane through deep nets (otherwise softmaxes saturate and fp32 noise dominates):
+    matrices ~ N(0, 1/fan_in), running variances ~ U(0.5, 1.5), one-initialised vectors (norm weights) ~
+    N(1, 0.2), everything else (biases, gammas, tokens, position tables, running means) ~ N(0, 0.2).
+    Non-persistent buffers (relative-position indices, log-coordinates) are derived values and keep theirs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                new = torch.rand(t.shape, generator=gen) + 0.5
+            elif t.ndim >= 2 and name.endswith("weight"):
+                new = torch.randn(t.shape, generator=gen) * t[0].numel() ** -0.5
+            elif t.ndim <= 1 and t.numel() > 0 and bool((t == 1).all()):
+                new = 1.0 + 0.2 * torch.randn(t.shape, generator=gen)
+            else:
+                new = 0.2 * torch.randn(t.shape, generator=gen)
+            t.copy_(new.to(t.dtype))
+    return module
+
+
+def rel_err(jax_out, torch_out: torch.Tensor) -> float:
+    ref = torch_out.detach().float().numpy()
+    got = np.asarray(jax_out, dtype=np.float32)
+    assert got.shape == ref.shape, f"shape {got.shape} != reference {ref.shape}"
+    return float(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
+
+
+def nchw_to_nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def nhwc(t: torch.Tensor) -> torch.Tensor:
+    """A reference NCHW feature map in NHWC, for comparison."""
+    return t.permute(0, 2, 3, 1)
+
+
+def assert_round_trip(model, sd: dict, target: str, fresh: torch.nn.Module) -> None:
+    """to_torch(from_torch(sd)) == sd bit for bit, and the reference loads it with strict=True."""
+    out = converters.to_torch(model, target=target)
+    assert set(out) == set(sd), f"keys differ: {sorted(set(out) ^ set(sd))[:10]}"
+    for k, v in sd.items():
+        ref = v.numpy()
+        assert out[k].dtype == ref.dtype and out[k].shape == ref.shape, k
+        assert np.array_equal(out[k], ref), f"{k} is not bit-exact after the round trip"
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in out.items()}, strict=True)
+
+
+def record(results: dict, family: str, name: str, errs: dict[str, float]) -> None:
+    """Keep the worst error per family (printed at the end of the session by conftest)."""
+    worst = max(errs.values())
+    fam = results.setdefault(family, {"worst": 0.0, "model": None, "n": 0})
+    fam["n"] += 1
+    if worst >= fam["worst"]:
+        fam.update(worst=worst, model=name)

@@ -1,0 +1,6 @@
+"""vitjax: timm's vision models in JAX / Flax NNX (NHWC inputs)."""
+
+from vitjax.registry import create_model, get_spec, list_models
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "get_spec", "list_models"]

@@ -1,0 +1,37 @@
+"""Building blocks shared by the model families; nothing here imports ``vitjax.models``."""
+
+from vitjax.layers.act import get_act
+from vitjax.layers.attention import Attention, DiffAttention, attend
+from vitjax.layers.drop import Dropout, DropPath, drop_path_rates, maybe
+from vitjax.layers.layer_scale import LayerScale, layer_scale
+from vitjax.layers.linear import Conv, Linear, get_padding
+from vitjax.layers.mlp import Mlp
+from vitjax.layers.norm import BatchNorm, LayerNorm, RmsNorm
+from vitjax.layers.patch_embed import PatchEmbed, to_2tuple
+from vitjax.layers.rel_pos import RelPosBias, RelPosMlp, relative_log_coords, relative_position_index
+
+__all__ = [
+    "Attention",
+    "BatchNorm",
+    "Conv",
+    "DiffAttention",
+    "DropPath",
+    "Dropout",
+    "LayerNorm",
+    "LayerScale",
+    "Linear",
+    "Mlp",
+    "PatchEmbed",
+    "RelPosBias",
+    "RelPosMlp",
+    "RmsNorm",
+    "attend",
+    "drop_path_rates",
+    "get_act",
+    "get_padding",
+    "layer_scale",
+    "maybe",
+    "relative_log_coords",
+    "relative_position_index",
+    "to_2tuple",
+]

@@ -1,0 +1,149 @@
+"""Multi-head self-attention with timm's fused ``qkv`` layout, computed heads-first.
+
+timm's ``qkv`` Linear maps C -> 3C and its output is read as ``(3, heads, head_dim)``: rows of the torch
+weight are ``[q; k; v]``, each head-major. We keep that one kernel (so checkpoints map 1:1) but project
+straight into a heads-first ``(B, heads, N, head_dim)`` layout, which XLA:CPU runs far faster than
+``(B, N, heads, head_dim)`` batched matmuls (see shared PERF.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from flax import nnx
+from jax import numpy as jnp
+
+from vitjax.layers.drop import Dropout, maybe
+from vitjax.layers.linear import Linear, normal_param
+from vitjax.layers.norm import LayerNorm, RmsNorm
+from vitjax.sharding import EMBED, QKV
+
+
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    scale: float,
+    bias: jax.Array | None = None,
+    dropout: nnx.Dropout | None = None,
+) -> jax.Array:
+    """softmax(q k^T * scale + bias) v on heads-first tensors ``(B, H, N, D)``."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k)  # B, H, Nq, Nk
+    if bias is not None:
+        logits = logits + bias
+    weights = jax.nn.softmax(logits, axis=-1)
+    weights = maybe(dropout, weights)
+    return jnp.einsum("bhqk,bhkd->bhqd", weights, v)  # B, H, Nq, D
+
+
+def split_qkv(qkv: nnx.Linear, x: jax.Array, num_heads: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Project tokens ``(B, N, C)`` with a fused qkv Linear into heads-first q, k, v ``(B, H, N, D)``."""
+    c_in, c_out = qkv.kernel.shape
+    head_dim = c_out // (3 * num_heads)
+    kernel = qkv.kernel[...].reshape(c_in, 3, num_heads, head_dim)  # C, 3, H, D
+    out = jnp.einsum("bnc,cthd->tbhnd", x, kernel)  # 3, B, H, N, D
+    if qkv.bias is not None:
+        out = out + qkv.bias[...].reshape(3, 1, num_heads, 1, head_dim)
+    return out[0], out[1], out[2]
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+    b, h, n, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)  # B, N, H*D
+
+
+class Attention(nnx.Module):
+    """timm ``Attention`` (and ``RelPosAttention`` when called with a bias)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias, axes=(EMBED, QKV), rngs=rngs)
+        self.q_norm = LayerNorm(self.head_dim, eps=norm_eps, axis_name=None, rngs=rngs) if qk_norm else None
+        self.k_norm = LayerNorm(self.head_dim, eps=norm_eps, axis_name=None, rngs=rngs) if qk_norm else None
+        self.attn_drop = Dropout(attn_drop, rngs=rngs)
+        self.proj = Linear(dim, dim, bias=proj_bias, axes=(QKV, EMBED), rngs=rngs)
+        self.proj_drop = Dropout(proj_drop, rngs=rngs)
+
+    def __call__(self, x: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+        q, k, v = split_qkv(self.qkv, x, self.num_heads)  # each B, H, N, D
+        q, k = maybe(self.q_norm, q), maybe(self.k_norm, k)
+        out = attend(q, k, v, scale=self.scale, bias=bias, dropout=self.attn_drop)
+        return maybe(self.proj_drop, self.proj(merge_heads(out)))
+
+
+class DiffAttention(nnx.Module):
+    """Differential attention (timm ``DiffAttention``, arXiv:2410.05258).
+
+    ``softmax(q1 k1^T) - lambda * softmax(q2 k2^T)`` with twice the heads at half the head width for q/k;
+    ``lambda = exp(sum(lq1 * lk1)) - exp(sum(lq2 * lk2)) + lambda_init(depth)``; the output is RmsNorm'ed
+    (eps 1e-5) per head and scaled by ``1 - lambda_init``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        depth: int,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads // 2
+        self.lambda_init = diff_lambda_init(depth)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias, axes=(EMBED, QKV), rngs=rngs)
+        for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
+            setattr(self, name, normal_param(rngs, (self.head_dim,), (None,), std=0.1))
+        self.sub_norm = RmsNorm(2 * self.head_dim, eps=1e-5)
+        self.attn_drop = Dropout(attn_drop, rngs=rngs)
+        self.proj = Linear(dim, dim, bias=proj_bias, axes=(QKV, EMBED), rngs=rngs)
+        self.proj_drop = Dropout(proj_drop, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)  # each B, N, C
+        return maybe(self.proj_drop, self.proj(diff_mix(self, q, k, v)))
+
+
+def diff_lambda_init(depth: int) -> float:
+    return 0.8 - 0.6 * math.exp(-0.3 * depth)
+
+
+def diff_mix(owner: nnx.Module, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """The differential-attention core on token-major q, k, v ``(B, N, C)``; returns ``(B, N, C)``.
+
+    ``owner`` holds the parameters: ``num_heads``, ``head_dim`` (half a head), ``lambda_{q,k}{1,2}``,
+    ``lambda_init``, ``sub_norm`` and ``attn_drop`` (``DiffAttention`` or a differential parallel block).
+    """
+    b, n, _ = q.shape
+    h, d = owner.num_heads, owner.head_dim
+    q = q.reshape(b, n, h, 2, d).transpose(3, 0, 2, 1, 4)  # 2, B, H, N, D
+    k = k.reshape(b, n, h, 2, d).transpose(3, 0, 2, 1, 4)  # 2, B, H, N, D
+    v = v.reshape(b, n, h, 2 * d).transpose(0, 2, 1, 3)  # B, H, N, 2D
+    l1 = jnp.exp(jnp.sum(owner.lambda_q1[...] * owner.lambda_k1[...]))
+    l2 = jnp.exp(jnp.sum(owner.lambda_q2[...] * owner.lambda_k2[...]))
+    lam = l1 - l2 + owner.lambda_init
+    a1 = attend(q[0], k[0], v, scale=d**-0.5, dropout=owner.attn_drop)  # B, H, N, 2D
+    a2 = attend(q[1], k[1], v, scale=d**-0.5, dropout=owner.attn_drop)  # B, H, N, 2D
+    out = owner.sub_norm(a1 - lam * a2) * (1 - owner.lambda_init)
+    return merge_heads(out)  # B, N, C
