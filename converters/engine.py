@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from converters.transforms import CONV, IDENTITY, LINEAR, Transform
+from converters.transforms import CONV, COUNTER, IDENTITY, LINEAR, Transform
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -117,6 +117,8 @@ def _leaf(leaf: str, ndim: int) -> tuple[str, Transform]:
         return "running_mean", IDENTITY
     if leaf == "var":
         return "running_var", IDENTITY
+    if leaf == "num_batches_tracked":
+        return leaf, COUNTER
     return leaf, IDENTITY
 
 

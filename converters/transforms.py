@@ -33,6 +33,11 @@ CONV = Transform("conv", lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpos
 # a 1x1 nn.Conv2d used as a Linear on channels-last maps: [out, in, 1, 1] <-> kernel [in, out]
 CONV1X1_AS_LINEAR = Transform("conv1x1_as_linear", lambda w: w[:, :, 0, 0].T, lambda k: k.T[:, :, None, None])
 
+# BatchNorm's num_batches_tracked: int64 in torch, int32 here (JAX without x64)
+COUNTER = Transform(
+    "counter", lambda w: w.astype(np.int32), lambda k: k.astype(np.int64) if isinstance(k, np.ndarray) else k
+)
+
 
 def concat_linear(n: int) -> Transform:
     """``n`` nn.Linear weights (e.g. q, k, v) <-> one fused kernel ``[in, n * out]``."""
