@@ -12,35 +12,10 @@ import torch
 import transformers  # noqa: F401
 
 import converters
+from converters.verify import randomize  # noqa: F401  (re-exported for the parity tests)
 
 # Error = max|jax - torch| / max(1, max|torch|), as the project defines it.
 TOL = 1e-4
-
-
-def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every float tensor of the state_dict (parameters and persistent buffers such as BatchNorm
-    running statistics) a random value, so that no mapping bug hides behind zeros, ones or equal values.
-
-    Scales keep activations sane through deep nets (otherwise softmaxes saturate and fp32 noise dominates):
-    matrices ~ N(0, 1/fan_in), running variances ~ U(0.5, 1.5), one-initialised vectors (norm weights) ~
-    N(1, 0.2), everything else (biases, gammas, tokens, position tables, running means) ~ N(0, 0.2).
-    Non-persistent buffers (relative-position indices, log-coordinates) are derived values and keep theirs.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                new = torch.rand(t.shape, generator=gen) + 0.5
-            elif t.ndim >= 2 and name.endswith("weight"):
-                new = torch.randn(t.shape, generator=gen) * t[0].numel() ** -0.5
-            elif t.ndim <= 1 and t.numel() > 0 and bool((t == 1).all()):
-                new = 1.0 + 0.2 * torch.randn(t.shape, generator=gen)
-            else:
-                new = 0.2 * torch.randn(t.shape, generator=gen)
-            t.copy_(new.to(t.dtype))
-    return module
 
 
 def rel_err(jax_out, torch_out: torch.Tensor) -> float:
