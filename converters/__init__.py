@@ -32,6 +32,7 @@ __all__ = [
     "load_state_dict",
     "save_safetensors",
     "to_torch",
+    "to_torch_with",
 ]
 
 _PREFIXES = {"hf": ("vit.",)}  # ViTForImageClassification wraps ViTModel as `vit.`
@@ -110,8 +111,13 @@ def from_torch(
 def to_torch(model: nnx.Module, target: str = "timm") -> dict[str, np.ndarray]:
     """The model's weights as a ``target`` ("timm" / "hf") state_dict of numpy arrays, loadable with
     ``load_state_dict(..., strict=True)`` after ``torch.from_numpy``."""
+    inner, _ = _unwrap(model)
+    return to_torch_with(model, tables_for(inner.family, target)[0])
+
+
+def to_torch_with(model: nnx.Module, table: Table) -> dict[str, np.ndarray]:
+    """:func:`to_torch` with an explicit naming table (e.g. transformers-4 names for the HF ViT)."""
     inner, prefix = _unwrap(model)
-    table = tables_for(inner.family, target)[0]
     targets = weights(inner)
     out: dict[str, np.ndarray] = {}
     for st in plan(inner, table):
