@@ -90,9 +90,9 @@ def from_torch(
         shapes = {k: s for k, s in shapes.items() if k in wanted}
     problems = check(steps, shapes, table, what)
     if problems:
-        guess = guess_model(shapes_of(sd), source) if not prefix else None
+        guess = guess_model(shapes_of(sd), source, inner.family) if not prefix else None
         if guess and guess != inner.model_name:
-            problems.insert(1, f"  this checkpoint looks like {guess!r}, not {inner.model_name!r}")
+            problems.insert(1, f"  this checkpoint looks like {guess}, not {inner.model_name}")
         raise ConversionError("\n".join(problems))
 
     targets = weights(inner)
@@ -139,22 +139,38 @@ def _signature(name: str, source: str) -> dict[str, tuple[int, ...]]:
     return expected_torch_shapes(model, tables_for(model.family, source)[0])
 
 
-def guess_model(shapes: Mapping[str, tuple[int, ...]], source: str = "timm") -> str | None:
-    """The registered model whose ``source`` checkpoint has exactly these keys and shapes, else the closest
-    one (by the share of matching keys and shapes), or None if nothing is close."""
+def _score(have: set, want: set) -> float:
+    return len(have & want) / max(len(have | want), 1)
+
+
+def guess_model(shapes: Mapping[str, tuple[int, ...]], source: str = "timm", family: str | None = None) -> str | None:
+    """Which registered model a ``source`` checkpoint (its keys and shapes) belongs to.
+
+    Models of ``family`` are compared in full: the one with exactly these keys and shapes, else the closest
+    (share of matching keys and shapes above one half). Otherwise, or with no family given, the checkpoint's
+    top-level module names are compared with one model of each family and the answer names that family
+    (``"a <family> checkpoint"``), or None if nothing is close.
+    """
     import vitjax
     from converters.tables import TABLES
 
-    families = {fam for fam, src in TABLES if src == source}
     have = {(k, tuple(s)) for k, s in shapes.items()}
+    if family is not None:
+        best, best_score = None, 0.5
+        for name in vitjax.list_models(family=family):
+            score = _score(have, set(_signature(name, source).items()))
+            if score == 1.0:
+                return name
+            if score > best_score:
+                best, best_score = name, score
+        if best is not None:
+            return best
+    tops = {k.split(".")[0] for k in shapes}
     best, best_score = None, 0.5
-    for name in vitjax.list_models():
-        if vitjax.get_spec(name).family not in families:
-            continue
-        want = set(_signature(name, source).items())
-        score = len(have & want) / max(len(have | want), 1)
-        if score == 1.0:
-            return name
-        if score > best_score:
-            best, best_score = name, score
+    for fam in sorted({f for f, src in TABLES if src == source and f != family}):
+        names = vitjax.list_models(family=fam)
+        if names:
+            score = _score(tops, {k.split(".")[0] for k in _signature(names[0], source)})
+            if score > best_score:
+                best, best_score = f"a {fam} checkpoint", score
     return best

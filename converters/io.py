@@ -95,7 +95,12 @@ def _load_torch(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to load: it is not a plain-weights checkpoint ({e})") from e
+        detail = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln), str(e).splitlines()[0])
+        if "Unsupported global" in detail:  # a class or function: loading it would run the file's code
+            raise CheckpointError(
+                f"{path}: refused to load: it holds Python objects, not just weights ({detail})"
+            ) from e
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated ({detail})") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated ({e})") from e
     for wrapper in ("state_dict", "model", "model_state_dict", "module"):
