@@ -1,0 +1,85 @@
+"""Checkpoints: an orbax ``CheckpointManager`` (async writes, the last N kept) holding, per step, the train
+state (weights, optimizer, EMA, step, key) and the data iterator's state.
+
+* Restoring reads into a target of abstract arrays carrying the *current* mesh's shardings, so a checkpoint
+  written on one mesh or device count restores onto another.
+* Orbax writes each step into a temporary directory renamed into place when complete, so a run killed
+  mid-write leaves no partial step behind. A finished step that cannot be read (a corrupt or truncated file)
+  is reported, moved aside to ``<workdir>/corrupt/``, and the previous step is used.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, directory: str | Path, keep: int, *, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self.keep = keep
+        self.async_save = async_save
+        self.manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep,
+            create=True,
+            cleanup_tmp_directories=True,
+            enable_async_checkpointing=self.async_save,
+        )
+        return ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
+        if step in self.manager.all_steps():
+            return False
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+        return self.manager.save(step, args=args, force=force)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def restore_latest(self, target: Any) -> tuple[int, Any, dict] | None:
+        """``(step, state, data_state)`` from the newest readable step, or None if there is none."""
+        for step in reversed(self.steps()):
+            try:
+                args = ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+                out = self.manager.restore(step, args=args)
+                return step, out["state"], out["data"]
+            except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                print(
+                    f"[checkpoint] step {step} in {self.directory} is unreadable ({msg}); "
+                    "falling back to the previous one",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._quarantine(step)
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        """Move an unreadable step out of the manager's directory (process 0), then reopen the manager."""
+        self.manager.close()
+        if jax.process_index() == 0:
+            dest = self.directory.parent / "corrupt" / str(step)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.move(str(self.directory / str(step)), dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"quarantine-{step}")
+        self.manager = self._open()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

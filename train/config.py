@@ -1,0 +1,174 @@
+"""The training configuration: one frozen dataclass, filled from the command line and/or a YAML/JSON file.
+
+Flag names follow timm's ``train.py`` where it has one (``--opt``, ``--lr``, ``--weight-decay``, ``--warmup-epochs``
+becomes ``--warmup-steps`` here, ``--min-lr``, ``--clip-grad``, ``--layer-decay``, ``--model-ema-decay``,
+``--smoothing`` is spelled ``--label-smoothing``, ``--mixup``, ``--cutmix``, ``--drop-path``). A config file
+(``--config run.yaml``) may set any field by its name; flags given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# Architecture overrides that may be given as flags; each is passed to ``vitjax.create_model``.
+MODEL_FLAGS = {
+    "num_classes": int,
+    "drop_path": float,
+    "drop_rate": float,
+    "embed_dim": int,
+    "depth": int,
+    "num_heads": int,
+    "patch_size": int,
+    "mlp_ratio": float,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    # model
+    model: str
+    pretrained: str | None = None  # timm / HF checkpoint file (converted), or a vitjax (orbax) run directory
+    img_size: int | None = None  # None: the model's default
+    model_args: dict[str, Any] = field(default_factory=dict)  # overrides for vitjax.create_model
+    # data
+    data: str = "digits"  # 'digits' or an ImageFolder root with train/ and val/
+    workdir: str = "runs/default"
+    batch_size: int = 64  # global, over all processes and devices
+    eval_batch_size: int | None = None  # None: batch_size
+    steps: int | None = None
+    epochs: float | None = None  # used when steps is None
+    scale: tuple[float, float] | None = None  # random-resized-crop area range; None: dataset default
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float | None = None  # None: dataset default (0.5; 0 for digits)
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    data_workers: int = 0  # grain read threads (0: read in the main thread)
+    # optimisation
+    opt: Literal["adamw", "lamb", "nadamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    opt_betas: tuple[float, float] = (0.9, 0.999)
+    opt_eps: float = 1e-8
+    warmup_steps: int = 0
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    clip_grad: float | None = 1.0
+    layer_decay: float | None = None
+    model_ema_decay: float = 0.0  # 0: no EMA
+    model_ema_warmup: bool = True
+    grad_accum_steps: int = 1
+    precision: Literal["fp32", "bf16"] = "fp32"
+    remat: bool = False
+    nan_policy: Literal["stop", "skip"] = "stop"
+    # parallelism
+    mesh: dict[str, int] = field(default_factory=dict)  # data/fsdp/tensor sizes; missing data = the rest
+    sharding: Literal["auto", "dp", "fsdp", "tp"] = "auto"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    # bookkeeping
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: at the end only
+    ckpt_every: int = 0  # 0: at the end (and on SIGTERM) only
+    keep_ckpts: int = 3
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps is None and self.epochs is None:
+            raise ValueError("give --steps or --epochs")
+        if self.grad_accum_steps < 1:
+            raise ValueError("--grad-accum-steps must be >= 1")
+        bad = set(self.mesh) - set(MESH_AXES)
+        if bad:
+            raise ValueError(f"unknown mesh axes {sorted(bad)}; use {MESH_AXES}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError("--layer-decay must be in (0, 1]")
+
+    def model_overrides(self) -> dict[str, Any]:
+        args = dict(self.model_args)
+        if self.img_size is not None:
+            args["img_size"] = self.img_size
+        if "drop_path" in args:
+            args["drop_path_rate"] = args.pop("drop_path")
+        return args
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """``'data=2,fsdp=4'`` -> ``{'data': 2, 'fsdp': 4}``."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, n = part.partition("=")
+        if name not in MESH_AXES or not n.isdigit():
+            raise argparse.ArgumentTypeError(f"bad mesh entry {part!r}; expected e.g. data=2,fsdp=2,tensor=2")
+        out[name] = int(n)
+    return out
+
+
+def _pair(text: str) -> tuple[float, float]:
+    a, b = (float(v) for v in text.split(","))
+    return a, b
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train", description="Train a vitjax model (sharded, resumable).")
+    p.add_argument("--config", help="YAML or JSON file setting any field by name; flags override it")
+    kinds = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    special = {"mesh": parse_mesh, "scale": _pair, "ratio": _pair, "opt_betas": _pair}
+    for name, f in kinds.items():
+        if name == "model_args":
+            continue
+        if name in special:
+            p.add_argument(_flag(name), type=special[name], default=None)
+        elif f.type in ("bool",):
+            p.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=None)
+        else:
+            conv = int if f.type.startswith("int") else float if f.type.startswith("float") else str
+            p.add_argument(_flag(name), type=conv, default=None)
+    for name, conv in MODEL_FLAGS.items():
+        p.add_argument(_flag(name), type=conv, default=None, dest=f"model__{name}")
+    return p
+
+
+def load_file(path: str) -> dict[str, Any]:
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = load_file(args.pop("config")) if args.get("config") else {}
+    args.pop("config", None)
+    model_args = dict(values.pop("model_args", {}))
+    for key in list(args):
+        if key.startswith("model__"):
+            v = args.pop(key)
+            if v is not None:
+                model_args[key.removeprefix("model__")] = v
+    values.update({k: v for k, v in args.items() if v is not None})
+    for k in ("scale", "ratio", "opt_betas"):
+        if isinstance(values.get(k), list):
+            values[k] = tuple(values[k])
+    if "model" not in values:
+        raise SystemExit("python -m train: --model is required")
+    return TrainConfig(**values, model_args=model_args)

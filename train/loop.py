@@ -1,0 +1,353 @@
+"""The training loop: the only impure module (devices, files, signals, clocks).
+
+``run(cfg)`` builds the mesh, the sharded state (restored from the newest readable checkpoint when the workdir
+has one), the jitted step with explicit shardings and the state donated, then steps, logs, evaluates and
+checkpoints. The same code runs on one CPU, on fake CPU devices, on several processes and on a TPU pod.
+
+Preemption: SIGTERM makes the loop save a checkpoint at the current step and return (``preempted=True``).
+A run killed outright restarts from its newest checkpoint with the same command and reproduces, bit for bit
+on CPU, the losses of an uninterrupted run: the data stream is a function of the step, the step's RNG is the
+run's key folded with the step, and the state is restored exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax import numpy as jnp
+
+import vitjax
+from train import data as data_lib
+from train import mesh as mesh_lib
+from train import optim
+from train import state as state_lib
+from train.checkpoint import Checkpointer
+from train.config import TrainConfig
+from train.metrics import MetricsWriter, Progress, plot_curves
+from train.steps import make_eval_step, make_train_step
+
+_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or the gradients became NaN/inf (the weights were not updated by that step)."""
+
+
+@dataclass
+class RunResult:
+    state: state_lib.TrainState
+    parts: state_lib.ModelParts
+    mesh: jax.sharding.Mesh
+    steps_done: int
+    total_steps: int
+    preempted: bool = False
+    final_eval: dict[str, float] = field(default_factory=dict)
+    skipped_steps: list[int] = field(default_factory=list)
+
+    def model(self, ema: bool = False) -> nnx.Module:
+        """The trained model (eval mode) with host copies of the weights (raw or EMA)."""
+        src = self.state.ema if ema else {"params": self.state.params, "batch_stats": self.state.batch_stats}
+        host = gather(src)
+        return state_lib.model_from(self.parts, host["params"], host["batch_stats"])
+
+
+def init_distributed(cfg: TrainConfig) -> None:
+    """``jax.distributed.initialize`` from the flags, or its own auto-detection on a known cluster."""
+    explicit = cfg.coordinator_address is not None or (cfg.num_processes or 1) > 1
+    if not explicit and not any(os.environ.get(k) for k in _CLUSTER_ENV):
+        return
+    if jax.distributed.is_initialized():
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only used by CPU backends
+    if explicit:
+        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    else:
+        jax.distributed.initialize()
+
+
+def gather(tree: Any) -> Any:
+    """Host numpy copies of (possibly sharded, possibly multi-process) arrays."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _scalar(x: jax.Array) -> float:
+    return float(np.asarray(x.addressable_data(0)))
+
+
+def resolve_img_size(cfg: TrainConfig) -> int:
+    if cfg.img_size is not None:
+        return cfg.img_size
+    size = vitjax.get_spec(cfg.model).config(**cfg.model_args).img_size
+    return size if isinstance(size, int) else int(size[0])
+
+
+def load_pretrained(cfg: TrainConfig, parts: state_lib.ModelParts, sh: state_lib.TrainState) -> tuple[dict, dict]:
+    """Weights from a timm / HF checkpoint file through the converters, placed straight into their shardings."""
+    import converters
+
+    flat = {}
+    for tree in (sh.params, sh.batch_stats):
+        for path, s in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            flat[".".join(str(getattr(k, "key", k)) for k in path)] = s
+    model = vitjax.create_model(cfg.model, seed=cfg.seed, abstract=True, **_overrides(cfg, parts))
+    source = "hf" if model.family == "hf_vit" else "timm"
+    converters.from_torch(model, cfg.pretrained, source=source, shardings=flat)
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param)), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+
+def _overrides(cfg: TrainConfig, parts: state_lib.ModelParts | None = None, num_classes: int | None = None) -> dict:
+    out = cfg.model_overrides()
+    if num_classes is not None:
+        out.setdefault("num_classes", num_classes)
+    elif parts is not None:
+        out.setdefault("num_classes", parts.model.cfg.num_classes)
+    return out
+
+
+class _Signals:
+    """SIGTERM (and SIGINT) set a flag that the loop reads between steps."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum, _frame):
+        self.stop = True
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def agreed(self) -> bool:
+        """True on every process as soon as one process was signalled."""
+        if jax.process_count() == 1:
+            return self.stop
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray([int(self.stop)], np.int32))
+        return bool(np.asarray(flags).any())
+
+
+def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
+    init_distributed(cfg)
+    pid, nproc = jax.process_index(), jax.process_count()
+    main = pid == 0
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = (lambda text: print(text, file=sys.stderr, flush=True)) if main else (lambda text: None)
+
+    img_size = resolve_img_size(cfg)
+    data = data_lib.load_dataset(cfg.data, img_size)
+    total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * len(data.train) / cfg.batch_size)
+    overrides = _overrides(cfg, num_classes=data.num_classes)
+    overrides["img_size"] = img_size
+    parts = state_lib.build_parts(cfg.model, overrides, seed=cfg.seed, remat=cfg.remat)
+    num_classes = parts.model.cfg.num_classes
+    mesh = mesh_lib.make_mesh(cfg.mesh, devices)
+    if cfg.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ValueError(
+            f"global batch {cfg.batch_size} is not divisible by data x fsdp = "
+            f"{mesh.shape['data'] * mesh.shape['fsdp']} devices"
+        )
+
+    abstract_params = nnx.to_pure_dict(parts.params)
+    lr_fn = optim.schedule(cfg.lr, total, cfg.warmup_steps, cfg.warmup_lr, cfg.min_lr)
+    tx = optim.make_optimizer(
+        abstract_params,
+        opt=cfg.opt,
+        lr_schedule=lr_fn,
+        weight_decay=cfg.weight_decay,
+        betas=cfg.opt_betas,
+        eps=cfg.opt_eps,
+        clip_grad=cfg.clip_grad,
+        layer_decay=cfg.layer_decay,
+    )
+    use_ema = cfg.model_ema_decay > 0
+    sh = state_lib.shardings(parts, tx, mesh, cfg.sharding, use_ema)
+    ckpt = Checkpointer(workdir / "ckpt", cfg.keep_ckpts)
+    restored = ckpt.restore_latest(state_lib.abstract_state(parts, tx, sh))
+    if restored is not None:
+        start, st, data_state = restored
+        log(f"[train] resumed from step {start} ({ckpt.directory})")
+    else:
+        weights = load_pretrained(cfg, parts, sh) if cfg.pretrained else None
+        st = state_lib.init_state(cfg.model, overrides, tx, sh, seed=cfg.seed, weights=weights)
+        start, data_state = 0, None
+    if main:
+        (workdir / "config.json").write_text(cfg.to_json())
+        n_params = state_lib.param_count(parts)
+        log(
+            f"[train] {cfg.model}: {n_params / 1e6:.2f}M params, img {img_size}, {num_classes} classes; "
+            f"mesh {dict(mesh.shape)} over {len(mesh.devices.flat)} devices / {nproc} processes; "
+            f"{total} steps of {cfg.batch_size} ({cfg.precision}, {cfg.opt})"
+        )
+
+    scale = cfg.scale or data.default_scale
+    hflip = data.default_hflip if cfg.hflip is None else cfg.hflip
+    train_iter = iter(
+        data_lib.train_batches(
+            data,
+            img_size=img_size,
+            global_batch=cfg.batch_size,
+            steps=total,
+            seed=cfg.seed,
+            scale=scale,
+            ratio=cfg.ratio,
+            hflip=hflip,
+            process_index=pid,
+            process_count=nproc,
+            workers=cfg.data_workers,
+        )
+    )
+    if data_state is not None:
+        train_iter.set_state(data_state)
+
+    dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
+    mean, std = data_lib.IMAGENET_MEAN, data_lib.IMAGENET_STD
+    step_fn = make_train_step(
+        parts.train_def,
+        parts.rest,
+        tx,
+        lr_fn,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        compute_dtype=dtype,
+        label_smoothing=cfg.label_smoothing,
+        mixup_alpha=cfg.mixup,
+        cutmix_alpha=cfg.cutmix,
+        mix_prob=cfg.mixup_prob,
+        mix_switch_prob=cfg.mixup_switch_prob,
+        accum_steps=cfg.grad_accum_steps,
+        ema_decay_rate=cfg.model_ema_decay,
+        ema_warmup=cfg.model_ema_warmup,
+    )
+
+    def keyed_step(state, batch):  # the step's RNG: the run's key folded with the step number
+        return step_fn(state, batch, jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step))
+
+    rep = mesh_lib.replicated(mesh)
+    bsh = mesh_lib.batch_sharding(mesh)
+    train_step = jax.jit(
+        keyed_step, in_shardings=(sh, {"image": bsh, "label": bsh}), out_shardings=(sh, rep), donate_argnums=0
+    )
+    eval_fn = jax.jit(
+        make_eval_step(parts.eval_def, parts.rest, mean=mean, std=std, compute_dtype=dtype),
+        in_shardings=(sh.params, sh.batch_stats, {"image": bsh, "label": bsh, "valid": bsh}),
+        out_shardings=rep,
+    )
+    eval_data = data_lib.eval_batches(
+        data,
+        img_size=img_size,
+        global_batch=cfg.eval_batch_size or cfg.batch_size,
+        process_index=pid,
+        process_count=nproc,
+    )
+
+    def evaluate(state) -> dict[str, float]:
+        sets = {"": (state.params, state.batch_stats)}
+        if use_ema:
+            sets["_ema"] = (state.ema["params"], state.ema["batch_stats"])
+        out = {}
+        for suffix, (p, s) in sets.items():
+            sums = None
+            for i in range(len(eval_data)):
+                b = {k: jax.make_array_from_process_local_data(bsh, v) for k, v in eval_data[i].items()}
+                r = eval_fn(p, s, b)
+                sums = r if sums is None else jax.tree.map(jnp.add, sums, r)
+            n = _scalar(sums["count"])
+            out |= {
+                f"top1{suffix}": 100.0 * _scalar(sums["top1"]) / n,
+                f"top5{suffix}": 100.0 * _scalar(sums["top5"]) / n,
+                f"eval_loss{suffix}": _scalar(sums["loss"]) / n,
+            }
+        return out
+
+    writer = MetricsWriter(workdir, enabled=main, resume_step=start)
+    progress = Progress(total, start, enabled=main and cfg.progress)
+    signals = _Signals()
+    result = RunResult(st, parts, mesh, start, total)
+    pending: list[tuple[int, dict]] = []
+    t_mark, n_mark = time.perf_counter(), start
+    step = start
+    try:
+        while step < total:
+            local = next(train_iter)
+            batch = {k: jax.make_array_from_process_local_data(bsh, local[k]) for k in ("image", "label")}
+            st, metrics = train_step(st, batch)
+            step += 1
+            pending.append((step, metrics))
+            last = step == total
+            stop = False
+            if step % cfg.log_every == 0 or last or (nproc == 1 and signals.stop):
+                host = [(s, {k: _scalar(v) for k, v in m.items()}) for s, m in pending]
+                pending.clear()
+                now = time.perf_counter()
+                ips = (step - n_mark) * cfg.batch_size / max(now - t_mark, 1e-9)
+                t_mark, n_mark = now, step
+                for s, m in host:
+                    if not m["finite"]:
+                        if cfg.nan_policy == "stop":
+                            raise NonFiniteError(
+                                f"non-finite loss or gradient at step {s} (loss={m['loss']}, "
+                                f"grad_norm={m['grad_norm']}); the weights were not updated by it"
+                            )
+                        result.skipped_steps.append(s)
+                        progress.write(f"[train] step {s}: non-finite loss/gradient, update skipped")
+                s, m = host[-1]
+                rec = {
+                    "kind": "train",
+                    "step": s,
+                    "loss": m["loss"],
+                    "lr": m["lr"],
+                    "grad_norm": m["grad_norm"],
+                    "images_per_sec": ips,
+                }
+                writer.write(rec)
+                progress.update(len(host), loss=f"{m['loss']:.4f}", img_s=f"{ips:.0f}")
+                stop = signals.agreed()
+            if cfg.eval_every and step % cfg.eval_every == 0 and not last:
+                ev = evaluate(st)
+                writer.write({"kind": "eval", "step": step, **ev})
+                progress.write(f"[eval] step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
+            if stop:
+                ckpt.save(step, st, train_iter.get_state(), force=True)
+                ckpt.wait()
+                log(f"[train] signal received: checkpoint saved at step {step}; exiting")
+                result.preempted = True
+                break
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 or last:
+                ckpt.save(step, st, train_iter.get_state(), force=True)
+        if not result.preempted:
+            ev = evaluate(st)
+            writer.write({"kind": "eval", "step": step, **ev})
+            result.final_eval = ev
+            log("[eval] final: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
+    finally:
+        progress.close()
+        ckpt.close()
+        signals.restore()
+        writer.close()
+    if main and not result.preempted:
+        plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+    result.state, result.steps_done = st, step
+    return result
