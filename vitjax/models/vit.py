@@ -405,6 +405,8 @@ _REG_GAP = {
     "vit_so150m2_patch16_reg1_gap_384": dict(_SO150M2),
     "vit_so150m2_patch16_reg1_gap_448": dict(_SO150M2),
 }
+# timm's default pretrained tag for this one is the in21k original, released without a head
+_CLASSIC["vit_large_patch32_224"]["num_classes"] = 0
 for _name, _args in _REG_GAP.items():
     _args.setdefault("img_size", int(_name.rsplit("_", 1)[1]))
 
