@@ -41,7 +41,7 @@ class ModelParts:
     model: nnx.Module  # abstract, eval mode (for converters and export)
     train_def: nnx.GraphDef
     eval_def: nnx.GraphDef
-    rest: nnx.State  # RNG streams and any other non-array state
+    rest: dict  # pure dict of the RNG streams (re-seeded every step) and any other non-parameter state
     params: nnx.State  # abstract, with logical-axes metadata
     batch_stats: nnx.State
 
@@ -59,7 +59,7 @@ def build_parts(name: str, overrides: Mapping[str, Any], *, seed: int = 0, remat
     train_def, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     model.eval()
     eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
-    return ModelParts(model, train_def, eval_def, rest, params, stats)
+    return ModelParts(model, train_def, eval_def, nnx.to_pure_dict(rest), params, stats)
 
 
 def param_count(parts: ModelParts) -> int:

@@ -92,7 +92,7 @@ def cast_floats(tree: Any, dtype) -> Any:
 
 def make_train_step(
     train_def: nnx.GraphDef,
-    rest: nnx.State,
+    rest: dict,
     tx: optax.GradientTransformation,
     lr_schedule: optax.Schedule,
     *,
@@ -176,7 +176,7 @@ def make_train_step(
 
 def make_eval_step(
     eval_def: nnx.GraphDef,
-    rest: nnx.State,
+    rest: dict,
     *,
     mean: Sequence[float],
     std: Sequence[float],
