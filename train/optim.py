@@ -8,7 +8,8 @@ Every piece works on pure dicts of parameters (``nnx.to_pure_dict``), keyed by p
   LayerScale gammas), nor for position embeddings, class / register / distillation tokens and
   relative-position bias tables (:data:`NO_DECAY`).
 * Layer decay (timm ``param_groups_layer_decay``, BEiT): parameter group ``i`` of ``L + 2`` groups (the stem is
-  0, block ``k`` is ``k + 1``, the final norm and head are ``L + 1``) has its lr scaled by
+  0, block ``k`` is ``k + 1``, the final ``norm`` joins the last block as in timm's ViT grouping, everything
+  else (``fc_norm``, head) is ``L + 1``) has its lr scaled by
   ``layer_decay ** (L + 1 - i)``. Blocks are ``blocks.{k}`` (ViT) or ``stages.{s}.blocks.{b}`` counted in
   order (conv nets, MaxxViT); other stage modules (downsamples) join their stage's first block. The scale
   multiplies the update, so, as in timm, it scales the decoupled weight decay too.
@@ -68,6 +69,8 @@ def layer_ids(params: Mapping) -> tuple[Any, int]:
     def one(path: tuple[str, ...], _x: Any) -> int:
         if path[0] in STEM:
             return 0
+        if path[0] == "norm" and blocks:
+            return last - 1
         key = _block_key(path)
         if key is not None:
             return index[key]

@@ -63,8 +63,8 @@ def mix(
         if mixup_alpha > 0 and cutmix_alpha > 0
         else jnp.asarray(cutmix_alpha > 0)
     )
-    lam_mix = jax.random.beta(k_lam, mixup_alpha) if mixup_alpha > 0 else jnp.float32(1.0)
-    lam_cut = jax.random.beta(k_lam, cutmix_alpha) if cutmix_alpha > 0 else jnp.float32(1.0)
+    lam_mix = jax.random.beta(k_lam, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else jnp.float32(1.0)
+    lam_cut = jax.random.beta(k_lam, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else jnp.float32(1.0)
     lam = jnp.where(use_cut, lam_cut, lam_mix)
     do = jax.random.uniform(k_do) < prob
     lam = jnp.where(do, lam, 1.0)
@@ -152,7 +152,7 @@ def make_train_step(
             (g_sum, l_sum, stats), _ = jax.lax.scan(micro, carry, (xs, ys, jnp.arange(accum_steps)))
             grads = jax.tree.map(lambda g: g / accum_steps, g_sum)
             loss = l_sum / accum_steps
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
