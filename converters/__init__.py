@@ -11,7 +11,7 @@ changed unless the whole checkpoint fits.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from functools import cache
 from typing import Any
 
@@ -67,6 +67,8 @@ def from_torch(
     source: str = "timm",
     *,
     shardings: Mapping[str, jax.sharding.Sharding] | None = None,
+    keep: Collection[str] = (),
+    progress: bool = False,
 ) -> nnx.Module:
     """Fill every weight of ``model`` from a timm (``source="timm"``) or transformers (``"hf"``) state_dict.
 
@@ -74,7 +76,9 @@ def from_torch(
     ``.bin``. Works on abstract models (``create_model(..., abstract=True)``). For a ``features_only`` model
     the checkpoint may be timm's features model (``model.*`` keys) or the full model; weights of pruned
     layers and of the head are then ignored. ``shardings`` (weight path -> Sharding) places each converted
-    array straight onto its devices. Returns the model.
+    array straight onto its devices. ``keep``: weight paths (of the inner model) not taken from the checkpoint
+    (e.g. a freshly initialised classifier); they must already hold values. ``progress``: a tqdm bar over the
+    tensors. Returns the model.
     """
     what = str(state_dict) if isinstance(state_dict, str | os.PathLike) else "state_dict"
     sd = load_state_dict(state_dict) if isinstance(state_dict, str | os.PathLike) else state_dict
@@ -83,7 +87,7 @@ def from_torch(
     for p in _PREFIXES.get(source, ()):
         sd = _strip(sd, p)
     table = _choose_table(inner, tables_for(inner.family, source), sd.keys())
-    steps = plan(inner, table)
+    steps = [st for st in plan(inner, table) if st.jax_key not in keep]
     shapes = shapes_of(sd)
     if prefix:  # features_only: the pruned layers and the head of a full checkpoint are not needed
         wanted = {k for st in steps for k in st.torch_keys}
@@ -97,7 +101,12 @@ def from_torch(
 
     targets = weights(inner)
     converted = {}
-    for st in steps:  # convert everything before touching the model
+    bar = steps
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(steps, desc=f"converting {inner.model_name}", unit="tensor", leave=False)
+    for st in bar:  # convert everything before touching the model
         value = st.transform.to_jax(*(to_numpy(sd[k]) for k in st.torch_keys))
         dtype = targets[st.jax_key].get_value().dtype
         arr = np.asarray(value).astype(dtype, copy=False)

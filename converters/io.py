@@ -125,7 +125,7 @@ def load_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
 
 
 def shapes_of(sd: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    if isinstance(sd, SafetensorsDict):
+    if hasattr(sd, "shapes"):  # lazy mappings (SafetensorsDict, converters.hub.StateDictView) know them unread
         return sd.shapes()
     return {k: tuple(v.shape) for k, v in sd.items()}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +79,7 @@ def get_spec(name: str) -> ModelSpec:
 
 def create_model(
     name: str,
-    pretrained: bool = False,
+    pretrained: bool | str | os.PathLike = False,
     *,
     features_only: bool = False,
     out_indices: int | tuple[int, ...] | None = None,
@@ -89,9 +90,14 @@ def create_model(
     """Build a registered model, timm-style.
 
     Args:
-        name: a name from :func:`list_models` (timm's names; HF ids such as ``google/vit-base-patch16-224-in21k``).
-        pretrained: loading weights is done by ``converters`` (``converters.from_torch``); only False is
-            accepted here.
+        name: a name from :func:`list_models` (timm's names; HF ids such as ``google/vit-base-patch16-224-in21k``),
+            optionally with a weight tag as timm writes it (``vit_base_patch16_224.augreg_in21k``).
+        pretrained: ``True`` loads the default (or named) tag's weights from the Hugging Face hub (timm's
+            ``timm/<name>.<tag>`` repos; the transformers repo for HF ids); ``"name.tag"`` picks another tag;
+            any other string is a local ``.safetensors`` / ``.pth`` / ``.bin`` / ``.npz`` / ``.msgpack`` file, a
+            vitjax checkpoint directory (``python -m converters to-jax``) or a hub repo id. Weights made for
+            another ``img_size`` or ``patch_size`` are resampled as timm does; a classifier of another size is
+            replaced by a fresh one. See :func:`converters.hub.load_pretrained`.
         features_only: return a :class:`~vitjax.models.features.FeatureGetter` whose call gives a list of NHWC
             feature maps (timm's ``features_only``); ``out_indices`` picks them (timm's default otherwise).
         seed: seed of the parameter initialisation and of the dropout / drop-path streams.
@@ -103,17 +109,25 @@ def create_model(
     The model is returned in eval mode (dropout and drop-path off, BatchNorm on running statistics); call
     ``model.train()`` to train.
     """
-    if pretrained:
-        raise ValueError(
-            "create_model(pretrained=...) is not supported yet: build the model, then load weights "
-            "with converters.from_torch(model, state_dict_or_path)"
-        )
+    from vitjax.pretrained import get_pretrained_cfg, split_name_tag
+
+    tag = None
+    if name not in registry():
+        name, tag = split_name_tag(name)
+    if isinstance(pretrained, str) and not os.path.exists(pretrained):
+        base, weights_tag = split_name_tag(pretrained)
+        if base == name and weights_tag:  # pretrained="name.tag"
+            tag, pretrained = weights_tag, True
     spec = get_spec(name)
+    pretrained_cfg = get_pretrained_cfg(name, tag)
+    if tag and "num_classes" in pretrained_cfg:  # as timm: a tag brings its own classifier size
+        overrides.setdefault("num_classes", pretrained_cfg["num_classes"])
     cfg = spec.config(**overrides)
 
     def build() -> nnx.Module:
         model = spec.model_cls(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
         model.model_name, model.family = name, spec.family
+        model.pretrained_cfg = dict(pretrained_cfg)
         if features_only:
             from vitjax.models.features import FeatureGetter
 
@@ -122,10 +136,16 @@ def create_model(
         model.eval()
         return model
 
-    if not abstract:
+    if not abstract and not pretrained:
         return build()
     model = nnx.eval_shape(build)
     _materialize_rng_state(model, seed)
+    if pretrained:
+        # The one place vitjax reaches into converters: reading checkpoints needs converters' tables (and,
+        # for .pth files, torch), which vitjax itself never imports.
+        from converters.hub import load_pretrained
+
+        load_pretrained(model, pretrained, tag=tag, init=build)
     return model
 
 

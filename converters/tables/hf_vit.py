@@ -14,6 +14,7 @@ _EMBED = [
     ("patch_embed.proj", "embeddings.patch_embeddings.projection"),
     ("norm", "layernorm"),
     ("pre_logits.fc", "pooler.dense"),
+    ("head", "classifier"),  # ViTForImageClassification's classifier (on the post-norm class token)
 ]
 
 

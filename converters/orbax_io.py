@@ -1,0 +1,196 @@
+"""vitjax checkpoints: a directory holding the weights as an orbax checkpoint and a ``vitjax.json`` manifest.
+
+    out/vitjax.json   {"format": "vitjax-checkpoint", "model": ..., "family": ..., "overrides": {...},
+                       "pretrained_cfg": {...}, "weights": {path: [shape, dtype]}, ...}
+    out/state/        orbax (``StandardCheckpointer``) tree {weight path: array}
+
+``vitjax.create_model(name, pretrained="out")`` reads it back (:func:`restore`): straight into the model's
+arrays (and shardings) when it was built with the same weight shapes; otherwise (another ``img_size``,
+``num_classes`` ...) through the family's torch naming, so resampling and head replacement behave exactly as
+for a timm / transformers checkpoint. The directory is written next to its destination and renamed into place
+only when complete. orbax is imported only here (vitjax never needs it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from converters.engine import ConversionError, weights
+from converters.io import CheckpointError
+
+META = "vitjax.json"
+FORMAT = "vitjax-checkpoint"
+VERSION = 1
+
+
+def _unwrap(model: nnx.Module) -> tuple[nnx.Module, bool]:
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nnx.Module) and hasattr(inner, "family"):
+        return inner, True
+    if not hasattr(model, "family"):
+        raise ConversionError("vitjax checkpoints hold models made by vitjax.create_model")
+    return model, False
+
+
+def _jsonable(v: Any) -> Any:
+    json.dumps(v)  # raises TypeError for values a manifest cannot hold
+    return v
+
+
+def config_overrides(inner: nnx.Module) -> dict[str, Any]:
+    """The config fields in which this model differs from its registered variant (what create_model was given)."""
+    import vitjax
+
+    cfg = inner.cfg
+    base = vitjax.get_spec(inner.model_name).config()
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if v != getattr(base, f.name):
+            try:
+                out[f.name] = _jsonable(list(v) if isinstance(v, tuple) else v)
+            except TypeError:
+                raise ConversionError(
+                    f"config field {f.name}={v!r} cannot be recorded in a vitjax checkpoint"
+                ) from None
+    return out
+
+
+def _overrides_from_json(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def save(model: nnx.Module, out: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s weights and manifest to the directory ``out`` (replaced atomically if it exists and is
+    a vitjax checkpoint; any other existing path is refused)."""
+    import orbax.checkpoint as ocp
+
+    import vitjax
+
+    inner, features = _unwrap(model)
+    if features:
+        raise ConversionError("save the full model, not its features_only wrapper")
+    out = Path(out).absolute()
+    if out.exists() and not (out.is_dir() and ((out / META).is_file() or not any(out.iterdir()))):
+        raise CheckpointError(f"{out}: exists and is not a vitjax checkpoint directory; refusing to replace it")
+    state = {k: var.get_value() for k, var in weights(inner).items()}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "vitjax_version": vitjax.__version__,
+        "model": inner.model_name,
+        "family": inner.family,
+        "overrides": config_overrides(inner),
+        "pretrained_cfg": json.loads(json.dumps(getattr(inner, "pretrained_cfg", {}) or {}, default=str)),
+        "weights": {k: [list(v.shape), str(v.dtype)] for k, v in state.items()},
+        **(extra or {}),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        ckpt = ocp.StandardCheckpointer()
+        ckpt.save(tmp / "state", state)
+        ckpt.wait_until_finished()
+        (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a vitjax checkpoint directory ({e})") from e
+    if meta.get("format") != FORMAT or not (path / "state").is_dir():
+        raise CheckpointError(f"{path}: not a vitjax checkpoint directory (bad manifest or no state/)")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: written by a newer vitjax (format version {meta['version']})")
+    return meta
+
+
+def _restore_tree(path: Path, meta: dict[str, Any], shardings: dict[str, Any] | None = None) -> dict[str, jax.Array]:
+    import orbax.checkpoint as ocp
+
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = {
+        k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=(shardings or {}).get(k) or default)
+        for k, (shape, dtype) in meta["weights"].items()
+    }
+    try:
+        return ocp.StandardCheckpointer().restore(path / "state", target)
+    except Exception as e:  # orbax / tensorstore raise many types for damaged files
+        raise CheckpointError(f"{path}: the checkpoint's arrays cannot be read ({type(e).__name__}: {e})") from e
+
+
+def restore(
+    model: nnx.Module,
+    path: str | os.PathLike,
+    *,
+    init: Callable[[], nnx.Module] | None = None,
+    progress: bool = False,
+) -> nnx.Module:
+    """Fill ``model`` from a vitjax checkpoint directory (see the module docstring)."""
+    import vitjax
+    from converters import to_torch
+    from converters.hub import load_state_dict_into
+    from converters.tables import sources_for
+
+    path = Path(path)
+    meta = read_meta(path)
+    inner, features = _unwrap(model)
+    if meta["family"] != inner.family:
+        raise ConversionError(
+            f"{path} holds a {meta['model']} ({meta['family']} family); it cannot fill a {inner.model_name}"
+        )
+    targets = weights(inner)
+    saved = {k: (tuple(s), d) for k, (s, d) in meta["weights"].items()}
+    same = all(k in saved and saved[k][0] == tuple(v.get_value().shape) for k, v in targets.items())
+    if same and (features or set(saved) == set(targets)):
+        shardings = {}
+        for k, v in targets.items():
+            sh = getattr(v.get_value(), "sharding", None)
+            if isinstance(sh, jax.sharding.Sharding):
+                shardings[k] = sh
+        tree = _restore_tree(path, meta, shardings)
+        for k, var in targets.items():
+            var.set_value(tree[k].astype(var.get_value().dtype))
+        return model
+    # another size / classifier: go through the torch naming, which knows how to adapt
+    source = vitjax.create_model(meta["model"], abstract=True, **_overrides_from_json(meta["overrides"]))
+    tree = _restore_tree(path, meta)
+    for k, var in weights(source).items():
+        var.set_value(tree[k])
+    del tree
+    naming = sources_for(inner.family)[0]
+    sd = to_torch(source, target=naming)
+    src_cfg = dict(meta.get("pretrained_cfg") or {})
+    if hasattr(source.cfg, "img_size"):  # the saved model's own size locates its position grid
+        src_cfg["input_size"] = [3, *_pair(source.cfg.img_size)]
+    return load_state_dict_into(
+        model, sd, pretrained_cfg=src_cfg, init=init, naming=naming, what=str(path), progress=progress
+    )
+
+
+def _pair(x) -> tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))

@@ -1,0 +1,220 @@
+"""Resampling size-dependent weights when a checkpoint is loaded into a model built for another size.
+
+This is what timm's checkpoint filters do (``timm/layers/pos_embed.py:resample_abs_pos_embed``,
+``timm/layers/patch_embed.py:resample_patch_embed``, called from ``vision_transformer.py:checkpoint_filter_fn``)
+and what transformers' ``ViTEmbeddings.interpolate_pos_encoding`` does at run time, written with numpy so
+converters need no torch:
+
+* :func:`resize_matrix` is one axis of ``torch.nn.functional.interpolate`` (``align_corners=False``) as an
+  ``(out, in)`` matrix: ``antialias=True`` is the separable Pillow-style filter torch uses for its ``*_aa``
+  kernels (support scaled by the downsampling factor, Keys cubic with a = -0.5, weights renormalised at the
+  borders); ``antialias=False`` is torch's plain kernel (cubic a = -0.75 or linear, source index
+  ``(dst + 0.5) * in / out - 0.5``, taps clamped to the border). Weights are computed in float64.
+* :func:`resample_abs_pos_embed`: prefix rows kept, the grid rows resized as an image.
+* :func:`resample_patch_embed`: FlexiViT's pseudo-inverse resize of a patch-embedding kernel (the kernel that
+  keeps ``<resize(patch), kernel>`` unchanged).
+
+Each family registers a state_dict filter in :data:`FILTERS` (keyed by vitjax family and torch naming) that
+applies these to the keys it knows, given the target model; the loader in :mod:`converters.hub` calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+Method = Literal["bicubic", "bilinear"]
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How size-dependent weights are resampled: timm's defaults (bicubic, antialiased)."""
+
+    method: Method = "bicubic"
+    antialias: bool = True
+
+
+TIMM = Resize("bicubic", True)  # timm checkpoint_filter_fn
+TIMM_NPZ = Resize("bilinear", False)  # timm _load_weights (original .npz files)
+HF = Resize("bicubic", False)  # transformers interpolate_pos_encoding
+
+
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def _linear(x: np.ndarray) -> np.ndarray:
+    return np.clip(1.0 - np.abs(x), 0.0, None)
+
+
+def resize_matrix(in_size: int, out_size: int, method: Method = "bicubic", antialias: bool = True) -> np.ndarray:
+    """``(out_size, in_size)`` float64 matrix ``M`` with ``resized = M @ signal`` along one axis."""
+    if method not in ("bicubic", "bilinear"):
+        raise ValueError(f"unsupported resize method {method!r} (bicubic or bilinear)")
+    m = np.zeros((out_size, in_size))
+    if in_size == out_size:
+        return np.eye(in_size)
+    scale = in_size / out_size
+    if antialias:
+        half = 2.0 if method == "bicubic" else 1.0  # filter support (taps / 2)
+        support = half * scale if scale >= 1 else half
+        inv = 1.0 / scale if scale >= 1 else 1.0
+        for i in range(out_size):
+            center = scale * (i + 0.5)
+            lo = max(int(center - support + 0.5), 0)
+            hi = min(int(center + support + 0.5), in_size)
+            x = (np.arange(lo, hi) - center + 0.5) * inv
+            w = _cubic(x, -0.5) if method == "bicubic" else _linear(x)
+            total = w.sum()
+            m[i, lo:hi] = w / total if total != 0 else w
+        return m
+    src = scale * (np.arange(out_size) + 0.5) - 0.5  # out
+    if method == "bilinear":
+        src = np.maximum(src, 0.0)
+        i0 = src.astype(np.int64)
+        i1 = np.minimum(i0 + 1, in_size - 1)
+        frac = src - i0
+        np.add.at(m, (np.arange(out_size), i0), 1.0 - frac)
+        np.add.at(m, (np.arange(out_size), i1), frac)
+        return m
+    base = np.floor(src).astype(np.int64)
+    t = src - base
+    taps = (_cubic(t + 1, -0.75), _cubic(t, -0.75), _cubic(1 - t, -0.75), _cubic(2 - t, -0.75))
+    for k, w in zip(range(-1, 3), taps, strict=True):
+        np.add.at(m, (np.arange(out_size), np.clip(base + k, 0, in_size - 1)), w)
+    return m
+
+
+def resize_grid(x: np.ndarray, size: tuple[int, int], resize: Resize = TIMM) -> np.ndarray:
+    """Resize the two leading axes of ``x`` (``(H, W, ...)``) to ``size``, computed in float64."""
+    mh = resize_matrix(x.shape[0], size[0], resize.method, resize.antialias)  # h', H
+    mw = resize_matrix(x.shape[1], size[1], resize.method, resize.antialias)  # w', W
+    y = np.tensordot(mh, x.astype(np.float64), axes=(1, 0))  # h', W, ...
+    return np.moveaxis(np.tensordot(mw, y, axes=(1, 1)), 0, 1)  # h', w', ...
+
+
+def resample_abs_pos_embed(
+    posemb: np.ndarray,
+    new_size: tuple[int, int],
+    old_size: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+    resize: Resize = TIMM,
+) -> np.ndarray:
+    """``(1, prefix + Gh*Gw, C)`` position table resized to the ``new_size`` grid; prefix rows unchanged.
+    ``old_size=None`` assumes a square grid."""
+    n = posemb.shape[1] - num_prefix_tokens
+    if old_size is None:
+        side = int(round(n**0.5))
+        if side * side != n:
+            raise ValueError(f"cannot infer the grid of a {n}-token position table; pass old_size")
+        old_size = (side, side)
+    if tuple(old_size) == tuple(new_size):
+        return posemb
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+    grid = grid.reshape(old_size[0], old_size[1], -1)  # Gh, Gw, C
+    grid = resize_grid(grid, new_size, resize).reshape(1, new_size[0] * new_size[1], -1)  # 1, Gh'*Gw', C
+    return np.concatenate([prefix, grid.astype(posemb.dtype)], axis=1)
+
+
+def resample_patch_embed(weight: np.ndarray, new_size: tuple[int, int], resize: Resize = TIMM) -> np.ndarray:
+    """torch-layout patch kernel ``(O, I, p, p)`` resampled to ``(O, I, *new_size)`` so that embedding a
+    resized patch with the new kernel approximates embedding the original patch (pseudo-inverse of the
+    resize, FlexiViT)."""
+    old = weight.shape[-2:]
+    if tuple(old) == tuple(new_size):
+        return weight
+    ph = np.linalg.pinv(resize_matrix(old[0], new_size[0], resize.method, resize.antialias))  # H, h'
+    pw = np.linalg.pinv(resize_matrix(old[1], new_size[1], resize.method, resize.antialias))  # W, w'
+    out = np.einsum("oihw,hy,wx->oiyx", weight.astype(np.float64), ph, pw)  # O, I, h', w'
+    return out.astype(weight.dtype)
+
+
+# -- per-family state_dict filters --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """What a filter needs to know about the model being loaded."""
+
+    cfg: Any  # the model's config dataclass
+    source_input_size: tuple[int, int] | None  # the checkpoint's training resolution, when known
+
+
+Filter = Callable[[MutableMapping[str, Any], Target, Resize], MutableMapping[str, Any]]
+
+
+def _as_np(v: Any) -> np.ndarray:
+    from converters.io import to_numpy
+
+    return to_numpy(v)
+
+
+def _pair(x) -> tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+def _vit_resample(
+    sd: MutableMapping[str, Any], t: Target, resize: Resize, pos_key: str, patch_key: str
+) -> MutableMapping[str, Any]:
+    cfg = t.cfg
+    p = cfg.patch_size
+    src_patch = tuple(sd[patch_key].shape[-2:]) if patch_key in sd else None
+    if src_patch is not None and src_patch != (p, p):
+        sd[patch_key] = resample_patch_embed(_as_np(sd[patch_key]), (p, p), resize)
+    if pos_key not in sd or getattr(cfg, "pos_embed", "learn") != "learn":
+        return sd
+    prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+    posemb = sd[pos_key]
+    new = tuple(cfg.grid_size)
+    n_old = posemb.shape[1] - prefix
+    # the checkpoint's grid: its training size over its own patch size, if that accounts for every row
+    # (timm's get_pretrained_grid_size); otherwise a square grid is assumed
+    old = None
+    if t.source_input_size is not None and src_patch is not None:
+        g = tuple(s // q for s, q in zip(_pair(t.source_input_size), src_patch, strict=True))
+        old = g if g[0] * g[1] == n_old else None
+    if posemb.shape[1] != prefix + new[0] * new[1] or (old is not None and old != new):
+        sd[pos_key] = resample_abs_pos_embed(_as_np(posemb), new, old, prefix, resize)
+    return sd
+
+
+def filter_vit_timm(sd: MutableMapping[str, Any], t: Target, resize: Resize = TIMM) -> MutableMapping[str, Any]:
+    """timm ViT: resample ``patch_embed.proj.weight`` and ``pos_embed`` (``checkpoint_filter_fn``)."""
+    return _vit_resample(sd, t, resize, "pos_embed", "patch_embed.proj.weight")
+
+
+def filter_vit_hf(sd: MutableMapping[str, Any], t: Target, resize: Resize = HF) -> MutableMapping[str, Any]:
+    """transformers ViT: the position table resized as ``interpolate_pos_encoding`` does (bicubic, no
+    antialias), so the model equals ``ViTModel(..., interpolate_pos_encoding=True)`` at the new size."""
+    return _vit_resample(
+        sd, t, resize, "embeddings.position_embeddings", "embeddings.patch_embeddings.projection.weight"
+    )
+
+
+def filter_none(sd: MutableMapping[str, Any], t: Target, resize: Resize = TIMM) -> MutableMapping[str, Any]:
+    """Families whose weights do not depend on the input size (relative-position MLP ViTs)."""
+    return sd
+
+
+# (vitjax family, torch naming) -> (filter, default resize). Families not listed load only at their own size.
+FILTERS: dict[tuple[str, str], tuple[Filter, Resize]] = {
+    ("vision_transformer", "timm"): (filter_vit_timm, TIMM),
+    ("vision_transformer_relpos", "timm"): (filter_none, TIMM),
+    ("hf_vit", "hf"): (filter_vit_hf, HF),
+}
+
+
+def apply_filter(
+    family: str, source: str, sd: MutableMapping[str, Any], target: Target, resize: Resize | None = None
+) -> MutableMapping[str, Any]:
+    """Resample the size-dependent tensors of ``sd`` for ``target``, in place (only the tensors that change
+    are read: pass a lazy view such as :class:`converters.hub.StateDictView` to keep the rest on disk)."""
+    entry = FILTERS.get((family, source))
+    if entry is None:
+        return sd
+    fn, default = entry
+    return fn(sd, target, resize or default)
