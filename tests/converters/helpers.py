@@ -62,3 +62,10 @@ def save_sd(sd: dict, path: Path) -> Path:
 
 def np_sd(sd: dict) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in sd.items()}
+
+
+def fwd(model, x, method: str = "__call__", **kw):
+    """``getattr(model, method)(x)`` compiled whole (op-by-op eager dispatch is several times slower on CPU)."""
+    from flax import nnx
+
+    return nnx.jit(lambda m, v: getattr(m, method)(v, **kw))(model, x)

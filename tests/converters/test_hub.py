@@ -20,6 +20,7 @@ import converters
 import vitjax
 from converters.io import CheckpointError
 from tests.converters.helpers import (
+    fwd,
     hf_vit_config,
     image,
     nchw_to_nhwc,
@@ -32,7 +33,7 @@ from vitjax.pretrained import get_pretrained_cfg
 
 TIMM_NAME = "vit_tiny_patch16_224"
 HF_NAME = "google/vit-base-patch32-224-in21k"
-HF_DEPTH = 2  # the HF checkpoints written here have two layers (built with depth=2 on our side)
+DEPTH = 2  # the checkpoints written here have two blocks (models built with depth=2 on both sides)
 
 
 @pytest.fixture
@@ -52,18 +53,18 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="module")
 def timm_ref():
-    return randomize(timm.create_model(TIMM_NAME).eval(), seed=3)
+    return randomize(timm.create_model(TIMM_NAME, depth=DEPTH).eval(), seed=3)
 
 
 @pytest.fixture(scope="module")
 def hf_ref():
-    return randomize(ViTModel(hf_vit_config(HF_NAME, depth=HF_DEPTH), add_pooling_layer=True).eval(), seed=4)
+    return randomize(ViTModel(hf_vit_config(HF_NAME, depth=DEPTH), add_pooling_layer=True).eval(), seed=4)
 
 
 def _hf_err(model, ref, x) -> float:
     with torch.no_grad():
         out = ref(pixel_values=x)
-    feats = model.forward_features(nchw_to_nhwc(x))
+    feats = fwd(model, nchw_to_nhwc(x), "forward_features")
     return max(rel_err(feats, out.last_hidden_state), rel_err(model.forward_head(feats), out.pooler_output))
 
 
@@ -71,11 +72,11 @@ def test_timm_default_tag_from_the_hub_cache(offline_hub, timm_ref):
     cfg = get_pretrained_cfg(TIMM_NAME)
     assert cfg["tag"] == timm.models.get_pretrained_cfg(TIMM_NAME).tag  # timm's default tag
     write_hub_file(offline_hub, cfg["hf_hub_id"], "model.safetensors", lambda p: save_sd(timm_ref.state_dict(), p))
-    model = vitjax.create_model(TIMM_NAME, pretrained=True)
+    model = vitjax.create_model(TIMM_NAME, pretrained=True, depth=DEPTH)
     x = image(224, 224)
     with torch.no_grad():
         want = timm_ref(x)
-    assert rel_err(model(nchw_to_nhwc(x)), want) <= TOL
+    assert rel_err(fwd(model, nchw_to_nhwc(x)), want) <= TOL
     assert model.pretrained_cfg["tag"] == cfg["tag"]
     assert model.pretrained_cfg["source"].startswith(f"hub {cfg['hf_hub_id']}/model.safetensors")
 
@@ -84,20 +85,20 @@ def test_timm_tag_selects_repo_and_classes_and_falls_back_to_bin(offline_hub):
     """``name.tag`` brings the tag's num_classes (as timm does) and its repo; a repo with only
     pytorch_model.bin is read from that."""
     name, tag = "vit_tiny_patch16_224", "augreg_in21k"
-    ref = randomize(timm.create_model(f"{name}.{tag}").eval(), seed=5)
+    ref = randomize(timm.create_model(f"{name}.{tag}", depth=DEPTH).eval(), seed=5)
     assert ref.num_classes == 21843
     repo = get_pretrained_cfg(name, tag)["hf_hub_id"]
     write_hub_file(offline_hub, repo, "pytorch_model.bin", lambda p: torch.save(ref.state_dict(), p))
     for model in (
-        vitjax.create_model(f"{name}.{tag}", pretrained=True),
-        vitjax.create_model(name, pretrained=f"{name}.{tag}"),
+        vitjax.create_model(f"{name}.{tag}", pretrained=True, depth=DEPTH),
+        vitjax.create_model(name, pretrained=f"{name}.{tag}", depth=DEPTH),
     ):
         assert model.cfg.num_classes == 21843
         assert model.pretrained_cfg["tag"] == tag
         x = image(224, 224, seed=1)
         with torch.no_grad():
             want = ref(x)
-        assert rel_err(model(nchw_to_nhwc(x)), want) <= TOL
+        assert rel_err(fwd(model, nchw_to_nhwc(x)), want) <= TOL
 
 
 def test_missing_hub_files_are_reported(offline_hub):
@@ -160,7 +161,7 @@ def test_hf_id_reads_whichever_file_the_repo_has(offline_hub, hf_ref, fmt):
         "flax_model.msgpack": lambda p: p.write_bytes(serialization.msgpack_serialize(_flax_tree(sd))),
     }
     write_hub_file(offline_hub, HF_NAME, fmt, writers[fmt])
-    model = vitjax.create_model(HF_NAME, pretrained=True, depth=HF_DEPTH)
+    model = vitjax.create_model(HF_NAME, pretrained=True, depth=DEPTH)
     assert model.pretrained_cfg["source"] == f"hub {HF_NAME}/{fmt}"
     assert _hf_err(model, hf_ref, image(224, 224)) <= TOL
 
@@ -168,45 +169,44 @@ def test_hf_id_reads_whichever_file_the_repo_has(offline_hub, hf_ref, fmt):
 def test_hf_classification_checkpoint_with_vit_prefix(tmp_path):
     """ViTForImageClassification (``vit.*`` + ``classifier.*``, no pooler): loads into the HF architecture
     built without the pooler and with a head; into the default (pooler) model it fails saying so."""
-    cfg = hf_vit_config(HF_NAME, depth=HF_DEPTH)
+    cfg = hf_vit_config(HF_NAME, depth=DEPTH)
     cfg.num_labels = 5
     ref = randomize(ViTForImageClassification(cfg).eval(), seed=6)
     path = save_sd(ref.state_dict(), tmp_path / "cls.safetensors")
-    model = vitjax.create_model(HF_NAME, pretrained=path, depth=HF_DEPTH, representation_size=None, num_classes=5)
+    model = vitjax.create_model(HF_NAME, pretrained=path, depth=DEPTH, representation_size=None, num_classes=5)
     x = image(224, 224)
     with torch.no_grad():
         want = ref(pixel_values=x).logits
-    assert rel_err(model(nchw_to_nhwc(x)), want) <= TOL
+    assert rel_err(fwd(model, nchw_to_nhwc(x)), want) <= TOL
     with pytest.raises(converters.ConversionError, match="representation_size=None"):
-        vitjax.create_model(HF_NAME, pretrained=path, depth=HF_DEPTH)
+        vitjax.create_model(HF_NAME, pretrained=path, depth=DEPTH)
 
 
 def test_other_num_classes_gets_a_fresh_head(tmp_path, timm_ref):
     """As timm: a classifier of another size is dropped and the model keeps its own (seeded) initialisation
     for it; everything else comes from the checkpoint. num_classes=0 drops it altogether."""
     path = save_sd(timm_ref.state_dict(), tmp_path / "w.safetensors")
-    model = vitjax.create_model(TIMM_NAME, pretrained=path, num_classes=7, seed=3)
+    model = vitjax.create_model(TIMM_NAME, pretrained=path, num_classes=7, seed=3, depth=DEPTH)
     kernel, bias = np.asarray(model.head.kernel[...]), np.asarray(model.head.bias[...])
     assert kernel.shape == (192, 7) and np.isfinite(kernel).all() and 0 < kernel.std() < 0.1
-    again = vitjax.create_model(TIMM_NAME, pretrained=path, num_classes=7, seed=3)
+    again = vitjax.create_model(TIMM_NAME, pretrained=path, num_classes=7, seed=3, depth=DEPTH)
     np.testing.assert_array_equal(np.asarray(again.head.kernel[...]), kernel)  # seeded: reproducible
     assert bias.shape == (7,)
     np.testing.assert_array_equal(np.asarray(model.pos_embed[...]), timm_ref.pos_embed.detach().numpy())
-    headless = vitjax.create_model(TIMM_NAME, pretrained=path, num_classes=0)
+    headless = vitjax.create_model(TIMM_NAME, pretrained=path, num_classes=0, depth=DEPTH)
     x = image(224, 224)
     with torch.no_grad():
         want = timm_ref.forward_head(timm_ref.forward_features(x), pre_logits=True)
-    assert rel_err(headless(nchw_to_nhwc(x)), want) <= TOL
+    assert rel_err(fwd(headless, nchw_to_nhwc(x)), want) <= TOL
 
 
 def test_features_only_from_a_full_checkpoint(tmp_path, timm_ref):
     path = save_sd(timm_ref.state_dict(), tmp_path / "w.safetensors")
-    feats = vitjax.create_model(TIMM_NAME, pretrained=path, features_only=True, out_indices=(2, 5))
-    ref = timm.create_model(
-        TIMM_NAME, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, features_only=True, out_indices=(2, 5)
-    ).eval()
+    kw = {"features_only": True, "out_indices": (0,), "depth": DEPTH}
+    feats = vitjax.create_model(TIMM_NAME, pretrained=path, **kw)
+    ref = timm.create_model(TIMM_NAME, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kw).eval()
     x = image(224, 224)
     with torch.no_grad():
         want = ref(x)
-    got = feats(nchw_to_nhwc(x))
+    got = fwd(feats, nchw_to_nhwc(x))
     assert max(rel_err(g, w.permute(0, 2, 3, 1)) for g, w in zip(got, want, strict=True)) <= TOL
