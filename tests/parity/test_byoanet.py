@@ -1,0 +1,399 @@
+"""Parity of every timm ``byoanet`` model (HaloNet, BoTNet, Lambda-ResNet and their mixtures) against timm.
+
+For each name: timm's model with every float tensor randomised (BatchNorm statistics and the zero-initialised
+last BN gammas included) -> converters.from_torch -> compare forward_features, logits and pre-logits at batch
+2 in eval mode; bit-exact round trip (num_batches_tracked included) that timm loads with strict=True; timm's
+features_only model (its FeatureListNet state_dict loaded into ours) map by map. Fixed-size models are built
+at img_size 128 (timm allows it), halo models run at the smallest size their block geometry allows.
+Then: BatchNorm running statistics after one train-mode step, the input sizes we and timm accept, and the
+ByobNet machinery itself on hand-made configs that use what no registered model does.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+import pytest
+import timm
+import torch
+from flax import nnx
+from timm.models import byobnet as tb
+
+import converters
+import vitjax
+from tests.parity.reference import TOL, assert_round_trip, nchw_to_nhwc, nhwc, randomize, record, rel_err
+from vitjax.models import byobnet as vb
+
+NAMES = vitjax.list_models(family="byoanet")
+SLOW = ("50ts", "halonet_h1")  # ResNet-50-sized and the all-halo H1
+
+
+def params(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if any(s in n for s in SLOW) else n for n in names]
+
+
+def input_for(name: str) -> tuple[dict, int]:
+    """(build overrides, input side) for the cheapest input timm accepts."""
+    cfg = vitjax.get_spec(name).config()
+    if cfg.img_size is not None:
+        return dict(img_size=128), 128
+    if isinstance(cfg.self_attn_layer, vb.LambdaCfg):
+        return {}, 128
+    return {}, 224 if name == "haloregnetz_b" else 256
+
+
+def _heads(m, x):
+    f = m.forward_features(x)
+    return f, m.forward_head(f), m.forward_head(f, pre_logits=True)
+
+
+def jitted(model, method: str = "__call__", **kw):
+    """``model.method(x)`` compiled once (op-by-op dispatch of these conv nets costs more than a compile);
+    ``"heads"``: (forward_features, logits, pre-logits) in one program."""
+    fn = nnx.jit(_heads if method == "heads" else (lambda m, x: getattr(m, method)(x, **kw)))
+    return lambda x: fn(model, x)
+
+
+def reference(name: str, seed: int = 0, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return randomize(timm.create_model(name, **kw).eval(), seed)
+
+
+def test_registry_covers_timm():
+    assert NAMES == sorted(timm.list_models(module="byoanet"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_count(name):
+    model = vitjax.create_model(name, abstract=True)
+    n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    with torch.device("meta"):
+        ref = timm.create_model(name)
+    assert n == sum(p.numel() for p in ref.parameters())
+
+
+@pytest.mark.parametrize("name", params(NAMES))
+def test_parity(name, parity_results):
+    kw, side = input_for(name)
+    ref = reference(name, **kw)
+    sd = ref.state_dict()
+    model = vitjax.create_model(name, abstract=True, **kw)
+    converters.from_torch(model, sd, source="timm")
+
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        feats = ref.forward_features(x)
+        logits = ref.forward_head(feats)
+        pre = ref.forward_head(feats, pre_logits=True)
+    feats_j, logits_j, pre_j = jitted(model, "heads")(nchw_to_nhwc(x))
+    errs = {
+        "features": rel_err(feats_j, nhwc(feats)),
+        "logits": rel_err(logits_j, logits),
+        "pre_logits": rel_err(pre_j, pre),
+    }
+    record(parity_results, "byoanet", name, errs)
+    assert max(errs.values()) <= TOL, errs
+    assert_round_trip(model, sd, "timm", timm.create_model(name, **kw))
+
+
+@pytest.mark.parametrize("name", params(NAMES))
+def test_features_only(name, parity_results):
+    """timm's features_only model (FeatureListNet, default out_indices): its state_dict loads into ours, and
+    every map, channel count and reduction matches."""
+    kw, side = input_for(name)
+    ref = reference(name, seed=1, features_only=True, **kw)
+    model = vitjax.create_model(name, features_only=True, abstract=True, **kw)
+    converters.from_torch(model, ref.state_dict(), source="timm")
+    assert model.channels() == ref.feature_info.channels()
+    assert model.reduction() == ref.feature_info.reduction()
+    assert [f["module"] for f in model.feature_info] == ref.feature_info.module_name()
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        want = ref(x)
+    got = jitted(model)(nchw_to_nhwc(x))
+    assert len(got) == len(want) == 5
+    errs = {f"feature{i}": rel_err(g, nhwc(r)) for i, (g, r) in enumerate(zip(got, want, strict=True))}
+    record(parity_results, "byoanet", f"{name} features_only", errs)
+    assert max(errs.values()) <= TOL, errs
+
+
+@pytest.mark.parametrize(
+    "name,out_indices",
+    [("lambda_resnet26t", (0,)), ("sehalonet33ts", (0, 2)), ("haloregnetz_b", (1, 3))],
+)
+def test_features_only_out_indices(name, out_indices):
+    """Pruned feature models (the stem cut at its tap, stages and final conv dropped) take timm's pruned
+    FeatureListNet state_dict and also the full model's; the kept maps match."""
+    kw, side = input_for(name)
+    ref_full = reference(name, seed=2, **kw)
+    ref = timm.create_model(name, features_only=True, out_indices=out_indices, **kw).eval()
+    missing = ref.load_state_dict(
+        {
+            re.sub(r"^stem\.conv(\d)", r"stem_conv\1", re.sub(r"^stages\.(\d+)", r"stages_\1", k)): v
+            for k, v in ref_full.state_dict().items()
+        },
+        strict=False,
+    ).missing_keys
+    assert not missing
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        want = ref(x)
+    model = vitjax.create_model(name, features_only=True, out_indices=out_indices, abstract=True, **kw)
+    converters.from_torch(model, ref.state_dict(), source="timm")
+    assert model.channels() == ref.feature_info.channels()
+    assert model.reduction() == ref.feature_info.reduction()
+    got = jitted(model)(nchw_to_nhwc(x))
+    errs = [rel_err(g, nhwc(r)) for g, r in zip(got, want, strict=True)]
+    assert max(errs) <= TOL, errs
+    # the full model's checkpoint fills the same weights (pruned layers and the head are left out)
+    from_full = vitjax.create_model(name, features_only=True, out_indices=out_indices, abstract=True, **kw)
+    converters.from_torch(from_full, ref_full.state_dict(), source="timm")
+    a, b = converters.to_torch(model), converters.to_torch(from_full)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["lambda_resnet26t", pytest.param("halonet26t", marks=pytest.mark.slow)])
+def test_train_mode_batch_norm_update(name, parity_results):
+    """One forward in train mode on the same batch: outputs (batch statistics) and every BatchNorm's updated
+    running mean / variance / num_batches_tracked equal timm's."""
+    kw, side = input_for(name)
+    ref = reference(name, seed=3, **kw)
+    model = vitjax.create_model(name, abstract=True, **kw)
+    converters.from_torch(model, ref.state_dict(), source="timm")
+    ref.train()
+    model.train()
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        want = ref(x)
+    got = jitted(model)(nchw_to_nhwc(x))
+    errs = {"logits": rel_err(got, want)}
+    after = converters.to_torch(model, target="timm")
+    ref_sd = ref.state_dict()
+    stats = [k for k in ref_sd if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) > 50
+    errs["running_stats"] = max(rel_err(after[k], ref_sd[k]) for k in stats)
+    for k in (k for k in ref_sd if k.endswith("num_batches_tracked")):
+        assert int(after[k]) == int(ref_sd[k]) == 1, k
+    record(parity_results, "byoanet", f"{name} train step", errs)
+    assert max(errs.values()) <= TOL, errs
+
+
+def _timm_accepts(ref: torch.nn.Module, h: int, w: int) -> bool:
+    try:
+        with torch.no_grad():
+            ref(torch.zeros(1, 3, h, w))
+        return True
+    except (AssertionError, RuntimeError):
+        return False
+
+
+@pytest.mark.parametrize(
+    "name,kw,sizes",
+    [
+        ("halonet26t", {}, [(224, 224), (255, 256), (256, 256), (257, 256), (256, 320)]),
+        ("haloregnetz_b", {}, [(224, 224), (256, 256), (112, 112), (209, 224)]),
+        ("lambda_resnet26t", {}, [(128, 128), (136, 128), (120, 120), (100, 96), (113, 128), (64, 64)]),
+        ("botnet26t_256", {}, [(256, 256), (224, 224), (250, 256), (288, 288)]),
+        ("botnet26t_256", dict(img_size=(96, 160)), [(96, 160), (160, 96), (128, 128)]),
+        ("halo2botnet50ts_256", dict(img_size=128), [(128, 128), (256, 256), (120, 128)]),
+    ],
+)
+def test_input_sizes(name, kw, sizes):
+    """We accept exactly the sizes timm accepts; a rejected size raises a ValueError that names the layer
+    and which sizes work."""
+    ref = timm.create_model(name, **kw).eval()
+    model = vitjax.create_model(name, abstract=True, **kw)
+    for h, w in sizes:
+        ok = _timm_accepts(ref, h, w)
+        if ok:
+            model.check_input_size(h, w)
+        else:
+            with pytest.raises(ValueError, match=r"self_attn.*sizes that work include multiples of \d+"):
+                model.check_input_size(h, w)
+
+
+def test_rejected_size_raises_before_tracing():
+    model = vitjax.create_model("halonet26t", abstract=True)
+    with pytest.raises(ValueError, match="halonet26t: a 224x224 input .* multiples of 256"):
+        model(np.zeros((1, 224, 224, 3), np.float32))
+
+
+# -- the machinery on configs no registered model uses ----------------------------------------------------------------
+def _timm_attn(cfg):
+    if cfg is None:
+        return None, None
+    name = {vb.SeCfg: "se", vb.EcaCfg: "eca", vb.HaloCfg: "halo", vb.BottleneckAttnCfg: "bottleneck"}.get(type(cfg))
+    name = name or "lambda"
+    return name, _non_default(cfg)
+
+
+def _non_default(cfg) -> dict:
+    """The fields set away from their defaults (the kwargs to hand timm)."""
+    defaults = type(cfg)()
+    return {f: getattr(cfg, f) for f in cfg.__dataclass_fields__ if getattr(cfg, f) != getattr(defaults, f)}
+
+
+def _timm_block(bc: vb.ByoBlockCfg):
+    attn, attn_kw = _timm_attn(bc.attn_layer)
+    sa, sa_kw = _timm_attn(bc.self_attn_layer)
+    bk = None if bc.block_kwargs is None else _non_default(bc.block_kwargs)
+    return tb.ByoBlockCfg(
+        type=bc.type,
+        d=bc.d,
+        c=bc.c,
+        s=bc.s,
+        gs=bc.gs,
+        br=bc.br,
+        attn_layer=attn,
+        attn_kwargs=attn_kw,
+        self_attn_layer=sa,
+        self_attn_kwargs=sa_kw,
+        block_kwargs=bk,
+    )
+
+
+def _timm_model(cfg: vb.ByoModelCfg) -> torch.nn.Module:
+    attn, attn_kw = _timm_attn(cfg.attn_layer)
+    sa, sa_kw = _timm_attn(cfg.self_attn_layer)
+    blocks = tuple(tuple(_timm_block(b) for b in s) if isinstance(s, tuple) else _timm_block(s) for s in cfg.blocks)
+    bk = _non_default(cfg.block_kwargs)
+    tcfg = tb.ByoModelCfg(
+        blocks=blocks,
+        downsample=cfg.downsample,
+        stem_type=cfg.stem_type,
+        stem_pool=cfg.stem_pool,
+        stem_chs=cfg.stem_chs,
+        width_factor=cfg.width_factor,
+        num_features=cfg.num_features,
+        act_layer=cfg.act_layer,
+        attn_layer=attn,
+        attn_kwargs=attn_kw or {},
+        self_attn_layer=sa,
+        self_attn_kwargs=sa_kw or {},
+        block_kwargs=bk,
+    )
+    return tb.ByobNet(
+        tcfg,
+        num_classes=cfg.num_classes,
+        global_pool=cfg.global_pool,
+        output_stride=cfg.output_stride,
+        img_size=cfg.img_size,
+    )
+
+
+B = vb.ByoBlockCfg
+CUSTOM = {
+    # basic / dark / edge blocks, avg-pool shortcuts, a quad2 stem (bias convs without BN), avg stem pool
+    "basic_dark_edge": vb.ByoModelCfg(
+        blocks=(
+            B(type="basic", d=1, c=24, s=1, br=1.0),
+            B(type="dark", d=2, c=32, s=2, gs=8, br=0.5),
+            (B(type="edge", d=1, c=48, s=2, gs=48, br=2.0), B(type="basic", d=1, c=48, gs=8, br=0.5)),
+            B(type="bottle", d=2, c=64, s=2, gs=0, br=0.25, block_kwargs=vb.BlockKwargs(extra_conv=True)),
+        ),
+        stem_type="quad2",
+        stem_chs=16,
+        stem_pool="avg",
+        downsample="avg",
+        act_layer="silu",
+        attn_layer=vb.EcaCfg(),
+        global_pool="catavgmax",
+        num_classes=11,
+    ),
+    # dilation (output_stride 8) with avg shortcuts and attn_last SE; deep stem with max2 pool; a final conv
+    "dilated": vb.ByoModelCfg(
+        blocks=(
+            B(type="bottle", d=1, c=32, s=1, br=0.5, block_kwargs=vb.BlockKwargs(attn_last=True)),
+            B(type="basic", d=2, c=48, s=2, br=1.0),
+            B(type="bottle", d=2, c=64, s=2, br=0.5),
+            B(type="edge", d=1, c=80, s=2, br=1.0),
+        ),
+        stem_type="deep",
+        stem_chs=24,
+        stem_pool="max2",
+        downsample="avg",
+        attn_layer=vb.SeCfg(rd_ratio=0.5, add_maxpool=True),
+        output_stride=8,
+        num_features=96,
+        global_pool="avgmax",
+        num_classes=7,
+    ),
+    # self-attention blocks with extra_conv (strided conv before halo), strided halo with avg_down, lambda
+    # with relative positions and a strided bottleneck attention; 7x7 stem without pool; qkv biases
+    "self_attn_variants": vb.ByoModelCfg(
+        blocks=(
+            B(type="bottle", d=1, c=32, s=1, br=0.5),
+            B(
+                type="self_attn",
+                d=2,
+                c=64,
+                s=2,
+                br=0.5,
+                block_kwargs=vb.BlockKwargs(extra_conv=True),
+                self_attn_layer=vb.HaloCfg(block_size=4, halo_size=1, num_heads=2, qkv_bias=True),
+            ),
+            B(type="self_attn", d=1, c=96, s=2, br=0.5, self_attn_layer=vb.HaloCfg(block_size=4, avg_down=True)),
+            (
+                B(
+                    type="self_attn",
+                    d=1,
+                    c=128,
+                    s=2,
+                    br=0.5,
+                    self_attn_layer=vb.BottleneckAttnCfg(scale_pos_embed=True),
+                ),
+                B(type="self_attn", d=1, c=128, s=1, br=0.5, self_attn_layer=vb.LambdaCfg(r=None, qkv_bias=True)),
+            ),
+        ),
+        stem_type="7x7",
+        stem_chs=16,
+        stem_pool="",
+        img_size=(64, 96),
+        num_features=0,
+        num_classes=5,
+    ),
+}
+
+
+@pytest.mark.parametrize("key", sorted(CUSTOM))
+def test_machinery(key, parity_results):
+    cfg = CUSTOM[key]
+    torch.manual_seed(4)
+    ref = randomize(_timm_model(cfg).eval(), seed=4)
+    sd = ref.state_dict()
+    model = nnx.eval_shape(lambda: vb.ByobNet(cfg, rngs=nnx.Rngs(0)))
+    model.model_name, model.family = key, "byoanet"
+    model.eval()
+    converters.from_torch(model, sd, source="timm")
+    assert model.feature_info == [
+        {k: f[k] for k in ("num_chs", "reduction", "module", "stage")} for f in ref.feature_info
+    ]
+    h, w = cfg.img_size or (64, 64)
+    x = torch.randn(2, 3, h, w)
+    with torch.no_grad():
+        feats = ref.forward_features(x)
+        logits = ref.forward_head(feats)
+        inter = ref.forward_intermediates(x, intermediates_only=True)
+    xj = nchw_to_nhwc(x)
+    errs = {
+        "features": rel_err(jitted(model, "forward_features")(xj), nhwc(feats)),
+        "logits": rel_err(jitted(model)(xj), logits),
+    }
+    got = jitted(model, "forward_intermediates")(xj)
+    errs |= {f"inter{i}": rel_err(g, nhwc(r)) for i, (g, r) in enumerate(zip(got, inter, strict=True))}
+    record(parity_results, "byoanet", f"custom {key}", errs)
+    assert max(errs.values()) <= TOL, errs
+    assert_round_trip(model, sd, "timm", _timm_model(cfg))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="fixed input size"):
+        vb.ByoModelCfg(blocks=(B(type="basic", d=1, c=8),), fixed_input_size=True)
+    with pytest.raises(ValueError, match="do not take"):
+        vb.ByoModelCfg(blocks=(B(type="basic", d=1, c=8, block_kwargs=vb.BlockKwargs(bottle_in=True)),))
+    with pytest.raises(ValueError, match="output_stride"):
+        vitjax.create_model("halonet26t", output_stride=4, abstract=True)
+    with pytest.raises(ValueError, match="needs the feature-map size"):
+        vitjax.create_model("botnet26t_256", img_size=None, fixed_input_size=False, abstract=True)
