@@ -69,6 +69,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     remat: bool = False
     nan_policy: Literal["stop", "skip"] = "stop"
+    fast_compile: bool = False  # XLA backend optimisation level 0: quicker compiles, slower steps (tests, CPU)
     # parallelism
     mesh: dict[str, int] = field(default_factory=dict)  # data/fsdp/tensor sizes; missing data = the rest
     sharding: Literal["auto", "dp", "fsdp", "tp"] = "auto"

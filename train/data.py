@@ -21,6 +21,7 @@ Images leave the pipeline as uint8 NHWC; normalisation happens on the device.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class Dataset:
     default_hflip: float
 
 
+@functools.cache
 def digits(img_size: int) -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

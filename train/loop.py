@@ -247,13 +247,19 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
 
     rep = mesh_lib.replicated(mesh)
     bsh = mesh_lib.batch_sharding(mesh)
+    xla = state_lib.RUN_ONCE if cfg.fast_compile else None
     train_step = jax.jit(
-        keyed_step, in_shardings=(sh, {"image": bsh, "label": bsh}), out_shardings=(sh, rep), donate_argnums=0
+        keyed_step,
+        in_shardings=(sh, {"image": bsh, "label": bsh}),
+        out_shardings=(sh, rep),
+        donate_argnums=0,
+        compiler_options=xla,
     )
     eval_fn = jax.jit(
         make_eval_step(parts.eval_def, parts.rest, mean=mean, std=std, compute_dtype=dtype),
         in_shardings=(sh.params, sh.batch_stats, {"image": bsh, "label": bsh, "valid": bsh}),
         out_shardings=rep,
+        compiler_options=xla,
     )
     eval_data = data_lib.eval_batches(
         data,

@@ -23,6 +23,9 @@ from jax.sharding import Mesh
 import vitjax
 from train import mesh as mesh_lib
 
+# The initialiser runs once: XLA's backend optimisations cost it seconds of compile time (on CPU) for nothing.
+RUN_ONCE = {"xla_backend_optimization_level": 0}
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -125,9 +128,11 @@ def init_state(
             stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
             return _assemble(params, stats, tx, seed, ema)
 
-        return jax.jit(init, out_shardings=sh)()
+        return jax.jit(init, out_shardings=sh, compiler_options=RUN_ONCE)()
     init_from: Callable = lambda p, s: _assemble(p, s, tx, seed, ema)
-    return jax.jit(init_from, in_shardings=(sh.params, sh.batch_stats), out_shardings=sh)(*weights)
+    return jax.jit(init_from, in_shardings=(sh.params, sh.batch_stats), out_shardings=sh, compiler_options=RUN_ONCE)(
+        *weights
+    )
 
 
 def model_from(parts: ModelParts, params: dict, batch_stats: dict, *, train: bool = False) -> nnx.Module:

@@ -24,6 +24,7 @@ def tiny_config(workdir, **kw) -> TrainConfig:
         warmup_steps=2,
         log_every=1,
         progress=False,
+        fast_compile=True,
         keep_ckpts=5,
     )
     return TrainConfig(**{**base, **kw})
