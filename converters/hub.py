@@ -109,7 +109,7 @@ def download(repo_id: str, filenames: tuple[str, ...]) -> Path:
 
 def resolve(model: nnx.Module, pretrained: bool | str | os.PathLike, tag: str | None = None) -> Source:
     """Where the weights for ``model`` are, following :func:`vitjax.create_model`'s ``pretrained`` rules."""
-    from vitjax.pretrained import get_pretrained_cfg, pretrained_tags
+    from vitjax.pretrained import get_pretrained_cfg, pretrained_tags, split_name_tag
 
     inner, _ = _unwrap(model)
     name, family = inner.model_name, inner.family
@@ -132,6 +132,9 @@ def resolve(model: nnx.Module, pretrained: bool | str | os.PathLike, tag: str | 
     spec = os.fspath(pretrained)
     if Path(spec).exists():
         return _local(Path(spec), default_cfg)
+    base, spec_tag = split_name_tag(spec)
+    if base == name and spec_tag:  # "name.tag"
+        return resolve(model, True, spec_tag)
     repo = spec.removeprefix("hf-hub:")
     parts = repo.split("/")
     if len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")):
