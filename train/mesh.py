@@ -53,7 +53,8 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
             f"mesh {dict(zip(MESH_AXES, dims, strict=True))} needs {math.prod(dims)} devices, there are {len(devices)}"
         )
     if devices == list(jax.devices()) and jax.process_count() > 1:
-        return jax.make_mesh(dims, MESH_AXES, devices=devices)  # topology-aware device order across hosts
+        auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)  # shardings follow the rules, not explicit types
+        return jax.make_mesh(dims, MESH_AXES, axis_types=auto, devices=devices)  # topology-aware device order
     return Mesh(np.asarray(devices, dtype=object).reshape(dims), MESH_AXES)
 
 
