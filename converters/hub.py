@@ -298,6 +298,10 @@ def load_state_dict_into(
 
 def read_state_dict(source: Source) -> Mapping[str, Any]:
     """A torch-layout state_dict from a torch / Flax-msgpack file (lazy for safetensors)."""
+    if source.kind == "torch" and source.path.suffix == ".safetensors":
+        from converters.stream import SafetensorsReader
+
+        return SafetensorsReader(source.path)
     if source.kind == "torch":
         return load_state_dict(source.path)
     if source.kind == "hf_flax":
