@@ -53,7 +53,7 @@ def build_parts(name: str, overrides: Mapping[str, Any], *, seed: int = 0, remat
     model = vitjax.create_model(name, seed=seed, abstract=True, **overrides)
     if remat:
         found = False
-        for _, m in model.iter_modules():
+        for _, m in nnx.iter_modules(model):
             if hasattr(m, "grad_checkpointing"):
                 m.grad_checkpointing = found = True
         if not found:

@@ -29,8 +29,8 @@ def _batch(n=16, size=32, seed=0):
     }
 
 
-def _vit_setup(**step_kw):
-    parts = state_lib.build_parts("vit_tiny_patch16_224", dict(img_size=32, **TINY))
+def _vit_setup(remat: bool = False, **step_kw):
+    parts = state_lib.build_parts("vit_tiny_patch16_224", dict(img_size=32, **TINY), remat=remat)
     params = nnx.to_pure_dict(parts.params)
     lr = optim.schedule(1e-3, 10)
     tx = optim.make_optimizer(params, opt="adamw", lr_schedule=lr, weight_decay=0.05, clip_grad=1.0)
@@ -38,7 +38,7 @@ def _vit_setup(**step_kw):
     sh = state_lib.shardings(parts, tx, mesh, "auto", ema=True)
     st = state_lib.init_state("vit_tiny_patch16_224", dict(img_size=32, **TINY), tx, sh, seed=0)
     step = make_train_step(parts.train_def, parts.rest, tx, lr, num_classes=10, mean=MEAN, std=STD, **step_kw)
-    return parts, st, jax.jit(step)
+    return parts, st, jax.jit(step, compiler_options=state_lib.RUN_ONCE)  # quick compiles for tests
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,17 @@ def test_grad_accumulation_matches_one_batch(vit):
         assert gn == pytest.approx(results[0][1], rel=1e-4)
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results[0][2]), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_remat_gives_the_same_step(vit):
+    batch, rng = _batch(), jax.random.key(0)
+    parts, st, step = _vit_setup(remat=True, ema_decay_rate=0.9)
+    assert parts.model.grad_checkpointing
+    _, m = step(st, batch, rng)
+    _, st0, step0 = vit
+    _, m0 = step0(st0, batch, rng)
+    assert float(m["loss"]) == pytest.approx(float(m0["loss"]), rel=1e-6)
+    assert float(m["grad_norm"]) == pytest.approx(float(m0["grad_norm"]), rel=1e-5)
 
 
 def test_bf16_compute_keeps_fp32_master_weights(vit):
@@ -156,7 +167,7 @@ def test_batchnorm_statistics_in_state_match_across_devices():
         placed = {k: jax.device_put(v, bsh) for k, v in batch.items()}
         s = jax.device_put(st, mesh_lib.replicated(mesh))
         for i in range(2):
-            s, m = jax.jit(step)(s, placed, jax.random.key(i))
+            s, m = jax.jit(step, compiler_options=state_lib.RUN_ONCE)(s, placed, jax.random.key(i))
         outs.append((float(m["loss"]), jax.device_get(s.batch_stats)))
     (l1, s1), (l8, s8) = outs
     assert l8 == pytest.approx(l1, rel=1e-5)
