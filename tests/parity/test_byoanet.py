@@ -11,6 +11,7 @@ ByobNet machinery itself on hand-made configs that use what no registered model 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -49,10 +50,18 @@ def _heads(m, x):
     return f, m.forward_head(f), m.forward_head(f, pre_logits=True)
 
 
+def _heads_and_intermediates(m, x):
+    return *_heads(m, x), m.forward_intermediates(x)
+
+
+_PROGRAMS = {"heads": _heads, "heads_and_intermediates": _heads_and_intermediates}
+
+
 def jitted(model, method: str = "__call__", **kw):
     """``model.method(x)`` compiled once (op-by-op dispatch of these conv nets costs more than a compile);
-    ``"heads"``: (forward_features, logits, pre-logits) in one program."""
-    fn = nnx.jit(_heads if method == "heads" else (lambda m, x: getattr(m, method)(x, **kw)))
+    ``"heads"``: (forward_features, logits, pre-logits) in one program, ``"heads_and_intermediates"`` adds
+    every forward_intermediates map."""
+    fn = nnx.jit(_PROGRAMS.get(method) or (lambda m, x: getattr(m, method)(x, **kw)))
     return lambda x: fn(model, x)
 
 
@@ -357,6 +366,11 @@ CUSTOM = {
 }
 
 
+# heads: no classifier with a max pool, and no pool at all (the head returns the map)
+CUSTOM["dilated_max_no_fc"] = dataclasses.replace(CUSTOM["dilated"], num_classes=0, global_pool="max")
+CUSTOM["self_attn_map_out"] = dataclasses.replace(CUSTOM["self_attn_variants"], num_classes=0, global_pool="")
+
+
 @pytest.mark.parametrize("key", sorted(CUSTOM))
 def test_machinery(key, parity_results):
     cfg = CUSTOM[key]
@@ -377,11 +391,12 @@ def test_machinery(key, parity_results):
         logits = ref.forward_head(feats)
         inter = ref.forward_intermediates(x, intermediates_only=True)
     xj = nchw_to_nhwc(x)
+    feats_j, logits_j, pre_j, got = jitted(model, "heads_and_intermediates")(xj)
     errs = {
-        "features": rel_err(jitted(model, "forward_features")(xj), nhwc(feats)),
-        "logits": rel_err(jitted(model)(xj), logits),
+        "features": rel_err(feats_j, nhwc(feats)),
+        "logits": rel_err(logits_j, nhwc(logits) if logits.ndim == 4 else logits),
     }
-    got = jitted(model, "forward_intermediates")(xj)
+    assert pre_j.shape == (logits_j.shape if cfg.num_classes == 0 else (2, model.head_hidden_size))
     errs |= {f"inter{i}": rel_err(g, nhwc(r)) for i, (g, r) in enumerate(zip(got, inter, strict=True))}
     record(parity_results, "byoanet", f"custom {key}", errs)
     assert max(errs.values()) <= TOL, errs

@@ -36,7 +36,8 @@ class BatchNormAct(BatchNorm):
 
 
 class ConvNormAct(nnx.Module):
-    """``act(bn(conv(x)))`` on NHWC maps, torch-style symmetric padding; ``act=None`` leaves it linear."""
+    """``act(bn(conv(x)))`` on NHWC maps, torch-style symmetric padding; ``act=None`` leaves it linear.
+    ``eps``/``momentum``/``data_axis`` are the BatchNorm's (torch's momentum convention)."""
 
     def __init__(
         self,
@@ -49,15 +50,15 @@ class ConvNormAct(nnx.Module):
         groups: int = 1,
         bias: bool = False,
         act: Act | None = None,
-        bn_eps: float = 1e-5,
-        bn_momentum: float = 0.1,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
         data_axis: str | None = None,
         rngs: nnx.Rngs,
     ):
         self.conv = Conv(
             in_chs, out_chs, kernel_size, stride=stride, dilation=dilation, groups=groups, bias=bias, rngs=rngs
         )
-        self.bn = BatchNormAct(out_chs, act=act, eps=bn_eps, momentum=bn_momentum, data_axis=data_axis)
+        self.bn = BatchNormAct(out_chs, act=act, eps=eps, momentum=momentum, data_axis=data_axis)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.bn(self.conv(x))

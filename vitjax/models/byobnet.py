@@ -241,53 +241,40 @@ class ByoModelCfg:
 # -- blocks --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Layers:
-    """What the blocks build their layers from (timm ``LayerFn``)."""
+    """What the blocks build their layers from (timm ``LayerFn``); ``bn``: BatchNorm eps, momentum, data_axis."""
 
     act: Act
     attn: AttnCfg | None
     self_attn: SelfAttnCfg | None
-    bn: tuple[float, float, str | None]  # eps, momentum, data_axis
+    bn: dict
 
-    def conv_norm_act(self, cin, cout, k=1, *, stride=1, dilation=1, groups=1, apply_act=True, rngs):
-        eps, mom, axis = self.bn
-        act = self.act if apply_act else None
-        return ConvNormAct(
-            cin,
-            cout,
-            k,
-            stride=stride,
-            dilation=dilation,
-            groups=groups,
-            act=act,
-            bn_eps=eps,
-            bn_momentum=mom,
-            data_axis=axis,
-            rngs=rngs,
-        )
+    def cna(self, cin: int, cout: int, k: int = 1, *, apply_act: bool = True, **kw) -> ConvNormAct:
+        """conv -> BN -> act (``apply_act=False``: no act)."""
+        return ConvNormAct(cin, cout, k, act=self.act if apply_act else None, **self.bn, **kw)
 
     def norm_act(self, c: int) -> BatchNormAct:
-        eps, mom, axis = self.bn
-        return BatchNormAct(c, act=self.act, eps=eps, momentum=mom, data_axis=axis)
+        return BatchNormAct(c, act=self.act, **self.bn)
 
     def make_attn(self, c: int, rngs: nnx.Rngs) -> nnx.Module | None:
         if self.attn is None:
             return None
-        kw = {f.name: getattr(self.attn, f.name) for f in fields(self.attn)}
-        return SEModule(c, **kw, rngs=rngs) if isinstance(self.attn, SeCfg) else EcaModule(c, **kw, rngs=rngs)
+        layer = SEModule if isinstance(self.attn, SeCfg) else EcaModule
+        return layer(c, **_kwargs(self.attn), rngs=rngs)
 
     def make_self_attn(self, c: int, stride: int, feat_size, rngs: nnx.Rngs) -> nnx.Module:
         cfg = self.self_attn
         if cfg is None:
             raise ValueError("a self_attn block needs a self_attn_layer (model or block config)")
-        kw = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
         if isinstance(cfg, HaloCfg):
-            return HaloAttn(c, stride=stride, **kw, rngs=rngs)
+            return HaloAttn(c, stride=stride, **_kwargs(cfg), rngs=rngs)
         if isinstance(cfg, BottleneckAttnCfg):
-            return BottleneckAttn(c, feat_size=feat_size, stride=stride, **kw, rngs=rngs)
-        eps, mom, axis = self.bn
-        return LambdaLayer(
-            c, feat_size=feat_size, stride=stride, **kw, bn_eps=eps, bn_momentum=mom, data_axis=axis, rngs=rngs
-        )
+            return BottleneckAttn(c, feat_size=feat_size, stride=stride, **_kwargs(cfg), rngs=rngs)
+        bn = dict(bn_eps=self.bn["eps"], bn_momentum=self.bn["momentum"], data_axis=self.bn["data_axis"])
+        return LambdaLayer(c, feat_size=feat_size, stride=stride, **_kwargs(cfg), **bn, rngs=rngs)
+
+
+def _kwargs(cfg) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
 
 
 class DownsampleAvg(nnx.Module):
@@ -297,7 +284,7 @@ class DownsampleAvg(nnx.Module):
     def __init__(self, cin: int, cout: int, stride: int, dilation: int, layers: _Layers, *, rngs: nnx.Rngs):
         self.pool = "none" if stride == 1 and dilation == 1 else ("avg" if dilation == 1 else "same")
         self.pool_stride = stride if dilation == 1 else 1
-        self.conv = layers.conv_norm_act(cin, cout, 1, apply_act=False, rngs=rngs)
+        self.conv = layers.cna(cin, cout, 1, apply_act=False, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.pool == "avg":
@@ -309,7 +296,10 @@ class DownsampleAvg(nnx.Module):
 
 class ResidualBlock(nnx.Module):
     """``act(drop_path(branch(x)) + shortcut(x))``. timm's three shortcut cases: identity, a projection when
-    the width, stride or dilation changes, or none at all (``downsample=''`` on such a block)."""
+    the width, stride or dilation changes, or none at all (``downsample=''`` on such a block).
+
+    Every block takes ``(cin, cout, stride, dilation, gs, br, downsample, bk, drop_path, layers, zero_init)``
+    (``bk``: its :class:`BlockKwargs`); its attribute names are timm's."""
 
     def _init_shortcut(self, downsample, cin, cout, stride, dilation, layers: _Layers, rngs) -> None:
         shortcut, self.has_residual = None, True
@@ -319,9 +309,7 @@ class ResidualBlock(nnx.Module):
             elif downsample == "avg":
                 shortcut = DownsampleAvg(cin, cout, stride, dilation[0], layers, rngs=rngs)
             else:
-                shortcut = layers.conv_norm_act(
-                    cin, cout, 1, stride=stride, dilation=dilation[0], apply_act=False, rngs=rngs
-                )
+                shortcut = layers.cna(cin, cout, 1, stride=stride, dilation=dilation[0], apply_act=False, rngs=rngs)
         self.shortcut = shortcut
 
     def _init_tail(self, drop_path: float, linear_out: bool, layers: _Layers, zero_init_last: bool, last, rngs):
@@ -341,15 +329,13 @@ class BasicBlock(ResidualBlock):
     """kxk -> kxk (timm ``BasicBlock``)."""
 
     def __init__(self, cin, cout, *, stride, dilation, gs, br, downsample, bk, drop_path, layers, zero_init, rngs):
-        mid = make_divisible(cout * br)
+        mid, k = make_divisible(cout * br), bk.kernel_size
         attn_last = True if bk.attn_last is None else bk.attn_last
-        k = bk.kernel_size
         self._init_shortcut(downsample, cin, cout, stride, dilation, layers, rngs)
-        self.conv1_kxk = layers.conv_norm_act(cin, mid, k, stride=stride, dilation=dilation[0], rngs=rngs)
+        self.conv1_kxk = layers.cna(cin, mid, k, stride=stride, dilation=dilation[0], rngs=rngs)
         self.attn = None if attn_last else layers.make_attn(mid, rngs)
-        self.conv2_kxk = layers.conv_norm_act(
-            mid, cout, k, dilation=dilation[1], groups=num_groups(gs, mid), apply_act=False, rngs=rngs
-        )
+        g = num_groups(gs, mid)
+        self.conv2_kxk = layers.cna(mid, cout, k, dilation=dilation[1], groups=g, apply_act=False, rngs=rngs)
         self.attn_last = layers.make_attn(cout, rngs) if attn_last else None
         self._init_tail(drop_path, bk.linear_out, layers, zero_init, self.conv2_kxk, rngs)
 
@@ -363,24 +349,20 @@ class BottleneckBlock(ResidualBlock):
 
     def __init__(self, cin, cout, *, stride, dilation, gs, br, downsample, bk, drop_path, layers, zero_init, rngs):
         mid = make_divisible((cin if bk.bottle_in else cout) * br)
-        groups, k = num_groups(gs, mid), bk.kernel_size
+        g, k = num_groups(gs, mid), bk.kernel_size
         self._init_shortcut(downsample, cin, cout, stride, dilation, layers, rngs)
-        self.conv1_1x1 = layers.conv_norm_act(cin, mid, 1, rngs=rngs)
-        self.conv2_kxk = layers.conv_norm_act(
-            mid, mid, k, stride=stride, dilation=dilation[0], groups=groups, rngs=rngs
-        )
-        self.conv2b_kxk = (
-            layers.conv_norm_act(mid, mid, k, dilation=dilation[1], groups=groups, rngs=rngs) if bk.extra_conv else None
-        )
+        self.conv1_1x1 = layers.cna(cin, mid, 1, rngs=rngs)
+        self.conv2_kxk = layers.cna(mid, mid, k, stride=stride, dilation=dilation[0], groups=g, rngs=rngs)
+        extra = layers.cna(mid, mid, k, dilation=dilation[1], groups=g, rngs=rngs) if bk.extra_conv else None
+        self.conv2b_kxk = extra
         self.attn = None if bk.attn_last else layers.make_attn(mid, rngs)
-        self.conv3_1x1 = layers.conv_norm_act(mid, cout, 1, apply_act=False, rngs=rngs)
+        self.conv3_1x1 = layers.cna(mid, cout, 1, apply_act=False, rngs=rngs)
         self.attn_last = layers.make_attn(cout, rngs) if bk.attn_last else None
         self._init_tail(drop_path, bk.linear_out, layers, zero_init, self.conv3_1x1, rngs)
 
     def branch(self, x):
         x = maybe(self.conv2b_kxk, self.conv2_kxk(self.conv1_1x1(x)))
-        x = self.conv3_1x1(maybe(self.attn, x))
-        return maybe(self.attn_last, x)
+        return maybe(self.attn_last, self.conv3_1x1(maybe(self.attn, x)))
 
 
 class DarkBlock(ResidualBlock):
@@ -390,18 +372,10 @@ class DarkBlock(ResidualBlock):
         mid = make_divisible(cout * br)
         attn_last = True if bk.attn_last is None else bk.attn_last
         self._init_shortcut(downsample, cin, cout, stride, dilation, layers, rngs)
-        self.conv1_1x1 = layers.conv_norm_act(cin, mid, 1, rngs=rngs)
+        self.conv1_1x1 = layers.cna(cin, mid, 1, rngs=rngs)
         self.attn = None if attn_last else layers.make_attn(mid, rngs)
-        self.conv2_kxk = layers.conv_norm_act(
-            mid,
-            cout,
-            bk.kernel_size,
-            stride=stride,
-            dilation=dilation[0],
-            groups=num_groups(gs, mid),
-            apply_act=False,
-            rngs=rngs,
-        )
+        kw = dict(stride=stride, dilation=dilation[0], groups=num_groups(gs, mid), apply_act=False)
+        self.conv2_kxk = layers.cna(mid, cout, bk.kernel_size, **kw, rngs=rngs)
         self.attn_last = layers.make_attn(cout, rngs) if attn_last else None
         self._init_tail(drop_path, bk.linear_out, layers, zero_init, self.conv2_kxk, rngs)
 
@@ -416,17 +390,10 @@ class EdgeBlock(ResidualBlock):
     def __init__(self, cin, cout, *, stride, dilation, gs, br, downsample, bk, drop_path, layers, zero_init, rngs):
         mid = make_divisible(cout * br)
         self._init_shortcut(downsample, cin, cout, stride, dilation, layers, rngs)
-        self.conv1_kxk = layers.conv_norm_act(
-            cin,
-            mid,
-            bk.kernel_size,
-            stride=stride,
-            dilation=dilation[0],
-            groups=num_groups(gs, mid),
-            rngs=rngs,
-        )
+        kw = dict(stride=stride, dilation=dilation[0], groups=num_groups(gs, mid))
+        self.conv1_kxk = layers.cna(cin, mid, bk.kernel_size, **kw, rngs=rngs)
         self.attn = None if bk.attn_last else layers.make_attn(mid, rngs)
-        self.conv2_1x1 = layers.conv_norm_act(mid, cout, 1, apply_act=False, rngs=rngs)
+        self.conv2_1x1 = layers.cna(mid, cout, 1, apply_act=False, rngs=rngs)
         self.attn_last = layers.make_attn(cout, rngs) if bk.attn_last else None
         self._init_tail(drop_path, bk.linear_out, layers, zero_init, self.conv2_1x1, rngs)
 
@@ -443,29 +410,20 @@ class SelfAttnBlock(ResidualBlock):
     ):
         mid = make_divisible((cin if bk.bottle_in else cout) * br)
         self._init_shortcut(downsample, cin, cout, stride, dilation, layers, rngs)
-        self.conv1_1x1 = layers.conv_norm_act(cin, mid, 1, rngs=rngs)
+        self.conv1_1x1 = layers.cna(cin, mid, 1, rngs=rngs)
         conv2 = None
-        if bk.extra_conv:
-            conv2 = layers.conv_norm_act(
-                mid,
-                mid,
-                bk.kernel_size,
-                stride=stride,
-                dilation=dilation[0],
-                groups=num_groups(gs, mid),
-                rngs=rngs,
-            )
-            stride = 1  # the conv strides instead
+        if bk.extra_conv:  # the conv strides, the attention runs at stride 1 after it
+            kw = dict(stride=stride, dilation=dilation[0], groups=num_groups(gs, mid))
+            conv2, stride = layers.cna(mid, mid, bk.kernel_size, **kw, rngs=rngs), 1
         self.conv2_kxk = conv2
         self.self_attn = layers.make_self_attn(mid, stride, feat_size, rngs)
         self.post_attn = layers.norm_act(mid) if bk.post_attn_na else None
-        self.conv3_1x1 = layers.conv_norm_act(mid, cout, 1, apply_act=False, rngs=rngs)
+        self.conv3_1x1 = layers.cna(mid, cout, 1, apply_act=False, rngs=rngs)
         self._init_tail(drop_path, bk.linear_out, layers, zero_init, self.conv3_1x1, rngs)
 
     def branch(self, x):
         x = maybe(self.conv2_kxk, self.conv1_1x1(x))
-        x = maybe(self.post_attn, self.self_attn(x))
-        return self.conv3_1x1(x)
+        return self.conv3_1x1(maybe(self.post_attn, self.self_attn(x)))
 
 
 _BLOCKS = {
@@ -496,7 +454,7 @@ class Stem(nnx.Module):
                 tap = i - 1
                 self.feature_info.append(dict(num_chs=prev_chs, reduction=red, module=prev_feat))
             conv = (
-                layers.conv_norm_act(prev_chs, c, kernel_size, stride=s, rngs=rngs)
+                layers.cna(prev_chs, c, kernel_size, stride=s, rngs=rngs)
                 if na
                 else Conv(prev_chs, c, kernel_size, stride=s, bias=False, rngs=rngs)
             )
@@ -566,7 +524,7 @@ def create_stem(cfg: ByoModelCfg, chs, layers: _Layers, rngs) -> tuple[nnx.Modul
     elif pool:
         s = stem((chs,), 7 if st == "7x7" else 3)
     else:
-        s = layers.conv_norm_act(cin, chs, 7 if st == "7x7" else 3, stride=2, rngs=rngs)
+        s = layers.cna(cin, chs, 7 if st == "7x7" else 3, stride=2, rngs=rngs)
         return s, [dict(num_chs=chs, reduction=2, module="stem")]
     return s, [dict(f, module=f"stem.{f['module']}") for f in s.feature_info]
 
@@ -606,7 +564,7 @@ class ByobNet(ClassifierMixin, nnx.Module):
     def __init__(self, cfg: ByoModelCfg, *, rngs: nnx.Rngs):
         self.cfg = cfg
         act = get_act(cfg.act_layer)
-        bn = (cfg.bn_eps, cfg.bn_momentum, cfg.bn_data_axis)
+        bn = dict(eps=cfg.bn_eps, momentum=cfg.bn_momentum, data_axis=cfg.bn_data_axis)
         wf = cfg.width_factor
         stem_chs = (
             tuple(int(round(c * wf)) for c in cfg.stem_chs)
@@ -673,7 +631,7 @@ class ByobNet(ClassifierMixin, nnx.Module):
 
         if cfg.num_features:
             self.num_features = int(round(wf * cfg.num_features))
-            self.final_conv = _Layers(act, None, None, bn).conv_norm_act(prev_chs, self.num_features, 1, rngs=rngs)
+            self.final_conv = _Layers(act, None, None, bn).cna(prev_chs, self.num_features, 1, rngs=rngs)
         else:
             self.num_features, self.final_conv = prev_chs, None
         self.feature_info.append(
