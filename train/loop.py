@@ -91,11 +91,11 @@ def _scalar(x: jax.Array) -> float:
 def resolve_img_size(cfg: TrainConfig) -> int:
     if cfg.img_size is not None:
         return cfg.img_size
-    size = vitjax.get_spec(cfg.model).config(**cfg.model_args).img_size
+    size = vitjax.get_spec(cfg.model).config(**cfg.model_overrides()).img_size
     return size if isinstance(size, int) else int(size[0])
 
 
-def load_pretrained(cfg: TrainConfig, parts: state_lib.ModelParts, sh: state_lib.TrainState) -> tuple[dict, dict]:
+def load_pretrained(cfg: TrainConfig, overrides: dict, sh: state_lib.TrainState) -> tuple[dict, dict]:
     """Weights from a timm / HF checkpoint file through the converters, placed straight into their shardings."""
     import converters
 
@@ -103,18 +103,16 @@ def load_pretrained(cfg: TrainConfig, parts: state_lib.ModelParts, sh: state_lib
     for tree in (sh.params, sh.batch_stats):
         for path, s in jax.tree_util.tree_flatten_with_path(tree)[0]:
             flat[".".join(str(getattr(k, "key", k)) for k in path)] = s
-    model = vitjax.create_model(cfg.model, seed=cfg.seed, abstract=True, **_overrides(cfg, parts))
+    model = vitjax.create_model(cfg.model, seed=cfg.seed, abstract=True, **overrides)
     source = "hf" if model.family == "hf_vit" else "timm"
     converters.from_torch(model, cfg.pretrained, source=source, shardings=flat)
     return nnx.to_pure_dict(nnx.state(model, nnx.Param)), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
 
-def _overrides(cfg: TrainConfig, parts: state_lib.ModelParts | None = None, num_classes: int | None = None) -> dict:
+def _overrides(cfg: TrainConfig, num_classes: int) -> dict:
+    """``create_model`` overrides: the flags', the dataset's class count unless given."""
     out = cfg.model_overrides()
-    if num_classes is not None:
-        out.setdefault("num_classes", num_classes)
-    elif parts is not None:
-        out.setdefault("num_classes", parts.model.cfg.num_classes)
+    out.setdefault("num_classes", num_classes)
     return out
 
 
@@ -158,7 +156,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
     img_size = resolve_img_size(cfg)
     data = data_lib.load_dataset(cfg.data, img_size)
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * len(data.train) / cfg.batch_size)
-    overrides = _overrides(cfg, num_classes=data.num_classes)
+    overrides = _overrides(cfg, data.num_classes)
     overrides["img_size"] = img_size
     parts = state_lib.build_parts(cfg.model, overrides, seed=cfg.seed, remat=cfg.remat)
     num_classes = parts.model.cfg.num_classes
@@ -189,7 +187,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         start, st, data_state = restored
         log(f"[train] resumed from step {start} ({ckpt.directory})")
     else:
-        weights = load_pretrained(cfg, parts, sh) if cfg.pretrained else None
+        weights = load_pretrained(cfg, overrides, sh) if cfg.pretrained else None
         st = state_lib.init_state(cfg.model, overrides, tx, sh, seed=cfg.seed, weights=weights)
         start, data_state = 0, None
     if main:

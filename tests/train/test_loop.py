@@ -115,3 +115,25 @@ def test_loss_decreases_on_digits(tmp_path):
 def test_non_finite_loss_stops_with_the_step(tmp_path):
     with pytest.raises(NonFiniteError, match=r"non-finite loss or gradient at step \d+"):
         run(tiny_config(tmp_path, steps=6, lr=1e30, clip_grad=None, warmup_steps=0, log_every=3))
+
+
+def test_pretrained_timm_weights_load_sharded_and_export_back(tmp_path):
+    import timm
+    import torch
+
+    import converters
+    from tests.train.common import TINY
+
+    torch.manual_seed(0)
+    tm = timm.create_model("vit_tiny_patch16_224", img_size=32, **TINY)
+    sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
+    path = converters.save_safetensors(sd, tmp_path / "timm.safetensors")
+    cfg = tiny_config(tmp_path / "run", steps=0, pretrained=str(path), mesh={"data": 2, "fsdp": 2, "tensor": 2})
+    result = run(cfg)
+    qkv = result.state.params["blocks"][0]["attn"]["qkv"]["kernel"]
+    assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    np.testing.assert_array_equal(np.asarray(qkv), sd["blocks.0.attn.qkv.weight"].T)
+    back = converters.to_torch(result.model(), "timm")
+    assert set(back) == set(sd)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(back[k], v, err_msg=k)
