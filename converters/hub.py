@@ -255,14 +255,14 @@ def load_state_dict_into(
     naming = naming or _detect_naming(inner, sd.keys())
     if naming == "hf":  # ViTForImageClassification: `vit.*` (+ `classifier.*`) around ViTModel's keys
         sd.rename(lambda k: k.removeprefix("vit."))
+    table = _table_for(inner, naming, sd.keys())
+    steps = plan(inner, table)
+    want = {k: s for st in steps for k, s in zip(st.torch_keys, st.torch_shapes, strict=True)}
     src_size = tuple(cfg["input_size"][-2:]) if cfg.get("input_size") else None
-    sd = apply_filter(inner.family, naming, sd, Target(getattr(inner, "cfg", None), src_size), resize)
+    sd = apply_filter(inner.family, naming, sd, Target(getattr(inner, "cfg", None), src_size, want), resize)
 
     keep: list[str] = []
     if not prefix:  # a features_only model takes what it needs and has no classifier
-        table = _table_for(inner, naming, sd.keys())
-        steps = plan(inner, table)
-        want = {k: s for st in steps for k, s in zip(st.torch_keys, st.torch_shapes, strict=True)}
         heads = _classifier_prefixes(cfg, naming)
         have = shapes_of(sd)
         ck = {k: tuple(s) for k, s in have.items() if k.startswith(heads)}

@@ -14,14 +14,19 @@ converters need no torch:
 * :func:`resample_patch_embed`: FlexiViT's pseudo-inverse resize of a patch-embedding kernel (the kernel that
   keeps ``<resize(patch), kernel>`` unchanged).
 
+* :func:`resize_rel_pos_bias_table`: BEiT's geometric-grid resize of relative-position bias tables
+  (``timm/layers/pos_embed_rel.py``), for window attention whose window grows with the input (MaxViT, CoAtNet).
+
 Each family registers a state_dict filter in :data:`FILTERS` (keyed by vitjax family and torch naming) that
 applies these to the keys it knows, given the target model; the loader in :mod:`converters.hub` calls it.
+Families absent from the table have no size-dependent weights (relative-position MLPs, HaloNet) or load only
+at their own size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -135,6 +140,65 @@ def resample_patch_embed(weight: np.ndarray, new_size: tuple[int, int], resize: 
     return out.astype(weight.dtype)
 
 
+def _geometric_coords(src: int, dst: int) -> np.ndarray:
+    """BEiT's source coordinates for a ``src``-long relative-position axis stretched to ``dst``: offsets that grow
+    geometrically away from 0, the ratio found by bisection so that the last one reaches ``dst // 2``."""
+    left, right, q = 1.01, 1.5, 1.01
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        if (1.0 - q ** (src // 2)) / (1.0 - q) > dst // 2:
+            right = q
+        else:
+            left = q
+    dis, cur = [], 1.0
+    for i in range(src // 2):
+        dis.append(cur)
+        cur += q ** (i + 1)
+    return np.array([-d for d in reversed(dis)] + [0.0] + dis)
+
+
+def _linear_on_grid(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``(len(targets), len(points))`` linear-interpolation matrix on an uneven grid (ends clamped)."""
+    n = len(points)
+    right = np.minimum(np.searchsorted(points, targets, side="left"), n - 1)
+    left = np.clip(right - 1, 0, n - 1)
+    d_left = np.maximum(targets - points[left], 0.0)
+    d_right = np.maximum(points[right] - targets, 0.0)
+    both = (d_left == 0) & (d_right == 0)
+    d_left, d_right = np.where(both, 1.0, d_left), np.where(both, 1.0, d_right)
+    m = np.zeros((len(targets), n))
+    rows = np.arange(len(targets))
+    np.add.at(m, (rows, left), d_right / (d_left + d_right))
+    np.add.at(m, (rows, right), d_left / (d_left + d_right))
+    return m
+
+
+def resize_rel_pos_bias_table(table: np.ndarray, new_shape: tuple[int, ...]) -> np.ndarray:
+    """A relative-position bias table for another window (timm ``resize_rel_pos_bias_table``, its default
+    linear mode): ``(heads, 2h-1, 2w-1)`` (TF MaxViT) or flat ``((2h-1)(2w-1), heads)``; square source
+    windows for flat tables, as timm assumes when loading checkpoints."""
+    if table.ndim == 3:
+        dst = tuple(new_shape[1:])
+        grids = table.astype(np.float64)  # heads, src_h, src_w
+    elif table.ndim == 2:
+        side = int(round(new_shape[0] ** 0.5))
+        src_side = int(round(table.shape[0] ** 0.5))
+        if side * side != new_shape[0] or src_side * src_side != table.shape[0]:
+            raise ValueError(f"cannot infer square windows for tables {table.shape} -> {tuple(new_shape)}")
+        dst = (side, side)
+        grids = table.T.reshape(-1, src_side, src_side).astype(np.float64)  # heads, src, src
+    else:
+        raise ValueError(f"unsupported relative-position table shape {table.shape}")
+    src = grids.shape[1:]
+    if tuple(src) == dst:
+        return table
+    my = _linear_on_grid(_geometric_coords(src[0], dst[0]), np.arange(-(dst[0] // 2), dst[0] // 2 + 1.0))
+    mx = _linear_on_grid(_geometric_coords(src[1], dst[1]), np.arange(-(dst[1] // 2), dst[1] // 2 + 1.0))
+    out = np.einsum("yh,nhw,xw->nyx", my, grids, mx)  # heads, dst_h, dst_w
+    out = out if table.ndim == 3 else out.reshape(out.shape[0], -1).T  # (dst_h * dst_w, heads)
+    return out.astype(table.dtype)
+
+
 # -- per-family state_dict filters --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
@@ -142,6 +206,7 @@ class Target:
 
     cfg: Any  # the model's config dataclass
     source_input_size: tuple[int, int] | None  # the checkpoint's training resolution, when known
+    expected: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # torch key -> shape the model needs
 
 
 Filter = Callable[[MutableMapping[str, Any], Target, Resize], MutableMapping[str, Any]]
@@ -195,6 +260,15 @@ def filter_vit_hf(sd: MutableMapping[str, Any], t: Target, resize: Resize = HF) 
     )
 
 
+def filter_maxxvit_timm(sd: MutableMapping[str, Any], t: Target, resize: Resize = TIMM) -> MutableMapping[str, Any]:
+    """timm MaxxViT / CoAtNet: relative-position bias tables whose window changed with the input size."""
+    for key in [k for k in sd if k.endswith("relative_position_bias_table")]:
+        want = t.expected.get(key)
+        if want is not None and tuple(sd[key].shape) != tuple(want):
+            sd[key] = resize_rel_pos_bias_table(_as_np(sd[key]), tuple(want))
+    return sd
+
+
 def filter_none(sd: MutableMapping[str, Any], t: Target, resize: Resize = TIMM) -> MutableMapping[str, Any]:
     """Families whose weights do not depend on the input size (relative-position MLP ViTs)."""
     return sd
@@ -205,6 +279,7 @@ FILTERS: dict[tuple[str, str], tuple[Filter, Resize]] = {
     ("vision_transformer", "timm"): (filter_vit_timm, TIMM),
     ("vision_transformer_relpos", "timm"): (filter_none, TIMM),
     ("hf_vit", "hf"): (filter_vit_hf, HF),
+    ("maxxvit", "timm"): (filter_maxxvit_timm, TIMM),
 }
 
 

@@ -104,3 +104,41 @@ def test_hf_at_another_size_matches_interpolate_pos_encoding(tmp_path, parity_re
         }
         record(parity_results, "resampled hf_vit", f"{name}@{size}", errs)
         assert max(errs.values()) <= TOL, (size, errs)
+
+
+@pytest.mark.parametrize(
+    ("shape", "new"),
+    [
+        ((225, 3), (529, 3)),
+        ((225, 3), (81, 3)),
+        ((729, 8), (1521, 8)),
+        ((2, 13, 13), (2, 23, 23)),
+        ((2, 13, 13), (2, 7, 9)),
+    ],
+)
+def test_rel_pos_bias_table_matches_timm(shape, new):
+    from timm.layers.pos_embed_rel import resize_rel_pos_bias_table as timm_table
+
+    from converters.resample import resize_rel_pos_bias_table
+
+    t = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    side = int(new[0] ** 0.5)
+    window = ((new[1] + 1) // 2, (new[2] + 1) // 2) if len(new) == 3 else ((side + 1) // 2,) * 2
+    want = timm_table(t, window, new).numpy()
+    assert np.abs(resize_rel_pos_bias_table(t.numpy(), new) - want).max() < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "size"), [("maxvit_nano_rw_256", 320), ("coatnet_nano_cc_224", 288)])
+def test_maxxvit_at_another_size_matches_timm(tmp_path, parity_results, name, size):
+    """MaxViT / CoAtNet windows grow with the input: their bias tables are resized as timm's filter does."""
+    ref = randomize(timm.create_model(name).eval(), seed=4)
+    path = save_sd(ref.state_dict(), tmp_path / "w.safetensors")
+    timm_other = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, img_size=size)
+    model = vitjax.create_model(name, pretrained=path, img_size=size)
+    x = image(size, size)
+    with torch.no_grad():
+        want = timm_other.eval()(x)
+    err = rel_err(fwd(model, nchw_to_nhwc(x)), want)
+    record(parity_results, "resampled maxxvit", f"{name}@{size}", {"logits": err})
+    assert err <= TOL
