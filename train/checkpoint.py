@@ -10,6 +10,7 @@ state (weights, optimizer, EMA, step, key) and the data iterator's state.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -31,7 +32,13 @@ def _small_arrays_written_whole() -> None:
         return
     _registered = True
     handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE)
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)  # orbax warns about the override itself
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_log.setLevel(level)
 
 
 class Checkpointer:
