@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all lint clean
+.PHONY: demo test test-all lint clean bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(VENV)/.installed lint
 ## every test, the slow ones (large/huge/384 px) included
 test-all: $(VENV)/.installed lint
 	$(PY) -m pytest -q -m ""
+
+## vitjax against timm / transformers on this machine: speed, compile time, memory, conversion (benchmarks/)
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
