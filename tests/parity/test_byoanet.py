@@ -130,7 +130,7 @@ def test_features_only(name, parity_results):
 
 @pytest.mark.parametrize(
     "name,out_indices",
-    [("lambda_resnet26t", (0,)), ("sehalonet33ts", (0, 2)), ("haloregnetz_b", (1, 3))],
+    [("lambda_resnet26t", (0,)), ("lambda_resnet26t", (1, 3)), ("sehalonet33ts", (0, 2))],
 )
 def test_features_only_out_indices(name, out_indices):
     """Pruned feature models (the stem cut at its tap, stages and final conv dropped) take timm's pruned
@@ -201,12 +201,12 @@ def _timm_accepts(ref: torch.nn.Module, h: int, w: int) -> bool:
 @pytest.mark.parametrize(
     "name,kw,sizes",
     [
-        ("halonet26t", {}, [(224, 224), (255, 256), (256, 256), (257, 256), (256, 320)]),
+        ("halonet26t", {}, [(224, 224), (255, 256), (257, 256), (256, 320)]),
         ("haloregnetz_b", {}, [(224, 224), (256, 256), (112, 112), (209, 224)]),
         ("lambda_resnet26t", {}, [(128, 128), (136, 128), (120, 120), (100, 96), (113, 128), (64, 64)]),
-        ("botnet26t_256", {}, [(256, 256), (224, 224), (250, 256), (288, 288)]),
+        ("botnet26t_256", {}, [(224, 224), (250, 256), (288, 288)]),
         ("botnet26t_256", dict(img_size=(96, 160)), [(96, 160), (160, 96), (128, 128)]),
-        ("halo2botnet50ts_256", dict(img_size=128), [(128, 128), (256, 256), (120, 128)]),
+        ("lambda_resnet26rpt_256", dict(img_size=128), [(128, 128), (256, 256), (120, 128), (136, 128)]),
     ],
 )
 def test_input_sizes(name, kw, sizes):
@@ -412,3 +412,82 @@ def test_config_validation():
         vitjax.create_model("halonet26t", output_stride=4, abstract=True)
     with pytest.raises(ValueError, match="needs the feature-map size"):
         vitjax.create_model("botnet26t_256", img_size=None, fixed_input_size=False, abstract=True)
+
+
+# -- layers on their own, on odd and non-square maps ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "n,k,s,p,ceil,count_pad",
+    [(7, 3, 2, 1, False, False), (9, 2, 2, 0, True, False), (6, 3, 2, 1, False, True), (5, 2, 2, 0, False, True)],
+)
+def test_pools_match_torch(n, k, s, p, ceil, count_pad):
+    from vitjax.layers.spatial_pool import avg_pool2d, avg_pool2d_same, max_pool2d
+
+    x = torch.randn(2, 3, n, n + 2)
+    xj = nchw_to_nhwc(x)
+    want = torch.nn.functional.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=count_pad)
+    assert rel_err(avg_pool2d(xj, k, s, p, ceil_mode=ceil, count_include_pad=count_pad), nhwc(want)) < 1e-6
+    assert rel_err(max_pool2d(xj, k, s, p), nhwc(torch.nn.functional.max_pool2d(x, k, s, p))) == 0
+    same = timm.layers.AvgPool2dSame(2, 1, ceil_mode=True, count_include_pad=False)
+    assert rel_err(avg_pool2d_same(xj, 2, 1), nhwc(same(x))) < 1e-6
+
+
+def _copy_linear(lin, conv: torch.nn.Conv2d) -> None:
+    lin.kernel[...] = conv.weight.detach()[:, :, 0, 0].T.numpy()
+    if conv.bias is not None:
+        lin.bias[...] = conv.bias.detach().numpy()
+
+
+@pytest.mark.parametrize(
+    "kw,hw",
+    [
+        (dict(stride=2, block_size=4, halo_size=2, num_heads=2, scale_pos_embed=True, qkv_bias=True), (8, 12)),
+        (dict(stride=1, block_size=6, halo_size=1, num_heads=4, dim_head=8), (12, 18)),
+        (dict(stride=2, block_size=5, halo_size=3, num_heads=2, qk_ratio=0.5), (10, 20)),
+    ],
+)
+def test_halo_attn_layer(kw, hw):
+    """HaloAttn alone with N(0, 1) weights: strided queries, avg-pool downsampling, halo wider than the block."""
+    from timm.layers.halo_attn import HaloAttn as TimmHalo
+
+    from vitjax.layers.halo import HaloAttn
+
+    torch.manual_seed(5)
+    ref = TimmHalo(32, **kw).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_()
+    layer = HaloAttn(32, **kw, rngs=nnx.Rngs(0))
+    _copy_linear(layer.q, ref.q)
+    _copy_linear(layer.kv, ref.kv)
+    layer.pos_embed.height_rel[...] = ref.pos_embed.height_rel.detach().numpy()
+    layer.pos_embed.width_rel[...] = ref.pos_embed.width_rel.detach().numpy()
+    x = torch.randn(2, 32, *hw)
+    with torch.no_grad():
+        want = ref(x)
+    assert rel_err(layer(nchw_to_nhwc(x)), nhwc(want)) <= TOL
+
+
+@pytest.mark.parametrize("r,stride,hw", [(5, 2, (6, 10)), (3, 1, (5, 7)), (None, 2, (4, 6))])
+def test_lambda_layer(r, stride, hw):
+    from timm.layers.lambda_layer import LambdaLayer as TimmLambda
+
+    from vitjax.layers.lambda_layer import LambdaLayer
+
+    torch.manual_seed(6)
+    ref = randomize(TimmLambda(32, feat_size=hw, stride=stride, r=r, num_heads=2, dim_head=8).eval(), 6)
+    layer = LambdaLayer(32, feat_size=hw, stride=stride, r=r, num_heads=2, dim_head=8, rngs=nnx.Rngs(0))
+    layer.eval()
+    _copy_linear(layer.qkv, ref.qkv)
+    for name in ("norm_q", "norm_v"):
+        t, j = getattr(ref, name), getattr(layer, name)
+        j.scale[...], j.bias[...] = t.weight.detach().numpy(), t.bias.detach().numpy()
+        j.mean[...], j.var[...] = t.running_mean.numpy(), t.running_var.numpy()
+    if r is None:
+        layer.pos_emb[...] = ref.pos_emb.detach().numpy()
+    else:
+        layer.conv_lambda.kernel[...] = ref.conv_lambda.weight.detach().numpy().transpose(2, 3, 4, 1, 0)
+        layer.conv_lambda.bias[...] = ref.conv_lambda.bias.detach().numpy()
+    x = torch.randn(2, 32, *hw)
+    with torch.no_grad():
+        want = ref(x)
+    assert rel_err(layer(nchw_to_nhwc(x)), nhwc(want)) <= TOL
