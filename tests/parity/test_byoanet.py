@@ -156,6 +156,13 @@ def test_features_only_out_indices(name, out_indices):
     got = jitted(model)(nchw_to_nhwc(x))
     errs = [rel_err(g, nhwc(r)) for g, r in zip(got, want, strict=True)]
     assert max(errs) <= TOL, errs
+    # sizes: what the pruned timm model accepts (attention layers of dropped stages no longer constrain them)
+    for h, w in ((100, 96), (136, 128)):
+        if _timm_accepts(ref, h, w):
+            model.model.check_input_size(h, w)
+        else:
+            with pytest.raises(ValueError, match="sizes that work"):
+                model.model.check_input_size(h, w)
     # the full model's checkpoint fills the same weights (pruned layers and the head are left out)
     from_full = vitjax.create_model(name, features_only=True, out_indices=out_indices, abstract=True, **kw)
     converters.from_torch(from_full, ref_full.state_dict(), source="timm")

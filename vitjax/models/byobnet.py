@@ -723,6 +723,7 @@ class ByobNet(ClassifierMixin, nnx.Module):
         num_chs = self.feature_info[max_index]["num_chs"]
         end = self.stage_ends[max_index]
         self.stages = nnx.List(list(self.stages)[:end])
+        self.geometry = [g for g in self.geometry if g[0] != "block" or int(g[1].split(".")[1]) < end]
         if end < self.stage_ends[-1]:
             self.final_conv = None
             self.num_features = num_chs
