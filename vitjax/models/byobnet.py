@@ -674,10 +674,16 @@ class ByobNet(ClassifierMixin, nnx.Module):
             size = tuple((n // 2 if pooled else -(-n // stride)) for n in size)
             red *= stride
         if problem:
-            fixed = any(st[0] == "block" and st[3] == "fixed" for st in self.geometry)
-            how = "build the model with img_size=(H, W) for another input size; " if fixed else ""
             name = getattr(self, "model_name", "ByobNet")
-            raise ValueError(f"{name}: {problem}. {how}input sizes that work include multiples of {mult}")
+            if any(st[0] == "block" and st[3] == "fixed" for st in self.geometry):
+                img = to_2tuple(self.cfg.img_size)
+                hint = (
+                    f"this model was built for {img[0]}x{img[1]} inputs; build it with img_size=(H, W) for another "
+                    f"size (sizes that work include multiples of {mult})"
+                )
+            else:
+                hint = f"input sizes that work include multiples of {mult}"
+            raise ValueError(f"{name}: {problem}; {hint}")
 
     # -- forward -----------------------------------------------------------------------------------------------------
     def forward_features(self, x: jax.Array) -> jax.Array:
