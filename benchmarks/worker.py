@@ -12,8 +12,13 @@ from __future__ import annotations
 import json
 import os
 import resource
+import struct
 import sys
+import threading
 import time
+from collections.abc import Iterator, Mapping
+
+import numpy as np
 
 RESULT = "RESULT "
 
@@ -33,6 +38,62 @@ def peak_rss_bytes() -> int:
     and so starts at the parent's size at fork time (a benchmark parent holding big models would mask the
     child); the kernel's high-water mark ``VmHWM`` restarts with the new image."""
     return min(_status_kib("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class Sampler(threading.Thread):
+    """Peaks of resident memory split by kind, sampled every ``interval`` seconds: ``anon`` (the process's own
+    allocations) and ``file`` (pages of memory-mapped files, which the kernel can drop and reread)."""
+
+    def __init__(self, interval: float = 0.002):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self._done = interval, {"anon": 0, "file": 0, "total": 0}, threading.Event()
+
+    def sample(self) -> None:
+        anon, file = _status_kib("RssAnon") * 1024, _status_kib("RssFile") * 1024
+        for k, v in (("anon", anon), ("file", file), ("total", anon + file)):
+            self.peak[k] = max(self.peak[k], v)
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.sample()
+            time.sleep(self.interval)
+
+    def stop(self) -> dict:
+        self._done.set()
+        self.join()
+        self.sample()
+        return self.peak
+
+
+class PreadSafetensors(Mapping[str, np.ndarray]):
+    """A safetensors file read tensor by tensor with ``preadv`` into fresh arrays, without a memory map (so the
+    file's pages stay in the page cache and out of this process's resident set)."""
+
+    DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32", "U8": "uint8"}
+
+    def __init__(self, path: str):
+        self._fd = os.open(path, os.O_RDONLY)
+        (n,) = struct.unpack("<Q", os.pread(self._fd, 8, 0))
+        header = json.loads(os.pread(self._fd, n, 8))
+        header.pop("__metadata__", None)
+        self._base, self._header = 8 + n, header
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        info = self._header[key]
+        start, end = info["data_offsets"]
+        out = np.empty(info["shape"], self.DTYPES[info["dtype"]])
+        if os.preadv(self._fd, [memoryview(out).cast("B")], self._base + start) != end - start:
+            raise OSError(f"short read of {key}")
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._header)
+
+    def __len__(self) -> int:
+        return len(self._header)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v["shape"]) for k, v in self._header.items()}
 
 
 def memory(job: dict) -> dict:
@@ -79,13 +140,25 @@ def convert(job: dict) -> dict:
     import vitjax
 
     case = job["case"]
+    jax.numpy.zeros(()).block_until_ready()  # start the backend before the baseline
     base = rss_bytes()
+    sampler = Sampler()
+    sampler.start()
     t0 = time.perf_counter()
     model = vitjax.create_model(case["name"], abstract=True, **case["overrides"])
-    converters.from_torch(model, job["path"], source=job["source"])
+    source = PreadSafetensors(job["path"]) if job.get("reader") == "pread" else job["path"]
+    converters.from_torch(model, source, source=job["source"])
     jax.block_until_ready(nnx.state(model, nnx.Param))
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "peak_rss": peak_rss_bytes(), "rss_before": base, "rss_after": rss_bytes()}
+    peaks = sampler.stop()
+    return {
+        "seconds": seconds,
+        "peak_rss": peak_rss_bytes(),
+        "rss_before": base,
+        "rss_after": rss_bytes(),
+        "peak_anon": peaks["anon"],
+        "peak_file": peaks["file"],
+    }
 
 
 JOBS = {"memory": memory, "write_checkpoint": write_checkpoint, "convert": convert}
