@@ -38,11 +38,12 @@ def params(names):
 def input_for(name: str) -> tuple[dict, int]:
     """(build overrides, input side) for the cheapest input timm accepts."""
     cfg = vitjax.get_spec(name).config()
-    if cfg.img_size is not None:
-        return dict(img_size=128), 128
-    if isinstance(cfg.self_attn_layer, vb.LambdaCfg):
-        return {}, 128
-    return {}, 224 if name == "haloregnetz_b" else 256
+    attn = [b.self_attn_layer or cfg.self_attn_layer for s in cfg.stages_expanded for b in s if b.type == "self_attn"]
+    if any(isinstance(a, vb.BottleneckAttnCfg) or getattr(a, "r", 0) is None for a in attn):
+        return dict(img_size=128), 128  # built for a size: build for 128
+    if any(isinstance(a, vb.HaloCfg) for a in attn):
+        return {}, cfg.img_size
+    return {}, 128  # lambda convolutions: any size with even maps at strided lambda layers
 
 
 def _heads(m, x):

@@ -6,10 +6,11 @@
 * HaloNet (arXiv:2103.12731): ``halonet*``, ``sehalonet*``, ``eca_halonext*``, ``haloregnetz_b``;
 * mixtures: ``lamhalobotnet50ts_256``, ``halo2botnet50ts_256``.
 
-Models with bottleneck attention or relative-position lambdas have a fixed input size (``img_size``, 256 by
-default as in timm); halo models take sizes whose maps divide by the halo block size at every halo layer
-(multiples of 256 for most; ``haloregnetz_b``: 224); lambda-conv models take any size with even maps at
-their strided lambda layers.
+``img_size`` is timm's default input size (256; 224 for ``haloregnetz_b``). Models with bottleneck attention
+or relative-position lambdas are built for it (``img_size=...`` builds them for another size, as in timm);
+halo models take sizes whose maps divide by the halo block size at every halo layer (multiples of 256 for
+most, of 224 for ``haloregnetz_b``); lambda-conv models take any size whose maps are even at their strided
+lambda layers.
 """
 
 from __future__ import annotations
@@ -181,5 +182,8 @@ _VARIANTS = {
         **_256,
     ),
 }
+
+for _name, _args in _VARIANTS.items():  # the default input size (timm's pretrained input_size); only
+    _args.setdefault("img_size", 224 if _name == "haloregnetz_b" else 256)  # attention layers that need it use it
 
 MODELS = variants("byoanet", ByoModelCfg, ByobNet, _VARIANTS)
