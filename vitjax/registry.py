@@ -21,6 +21,7 @@ _FAMILY_MODULES = (
     "vitjax.models.vit_relpos",
     "vitjax.models.hf_vit",
     "vitjax.models.byoanet",
+    "vitjax.models.maxxvit",
 )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from converters.engine import ConversionError, Table
-from converters.tables import byobnet, hf_vit, vit
+from converters.tables import byobnet, hf_vit, maxxvit, vit
 
 # (vitjax family, torch library) -> table(s). A list holds alternative namings of one library, tried in order
 # of how many checkpoint keys they explain (transformers 4 vs 5 names).
@@ -12,6 +12,7 @@ TABLES: dict[tuple[str, str], list[Table]] = {
     ("vision_transformer_relpos", "timm"): [vit.TIMM],
     ("hf_vit", "hf"): [hf_vit.HF5, hf_vit.HF4],
     ("byoanet", "timm"): [byobnet.TIMM, byobnet.TIMM_FEATURES],
+    **maxxvit.TABLES,  # "maxxvit" and its config-dependent layouts (+nchw_attn, +conv_head)
 }
 
 
