@@ -15,8 +15,9 @@ valid for any process count.
 Train augmentation: random-resized crop (timm's ``RandomResizedCropAndInterpolation`` sampling rule: ten tries
 of area in ``scale`` and log-uniform aspect in ``ratio``, else a centre crop) and horizontal flip; mixup /
 cutmix / label smoothing happen on the device (``train.steps``). Eval: digits as they are; ImageFolder images
-resized to ``img_size / crop_pct`` on the short side (bicubic) and centre-cropped, as timm's eval transform.
-Images leave the pipeline as uint8 NHWC; normalisation happens on the device.
+resized to ``img_size / crop_pct`` on the short side and centre-cropped, as timm's eval transform, with the
+model's ``crop_pct`` / interpolation / mean / std from ``vitjax.data.resolve_model_data_config``. Images leave
+the pipeline as uint8 NHWC; normalisation happens on the device.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ import grain
 import numpy as np
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 
 
@@ -146,14 +145,25 @@ def train_transform(ds: Split, img_size: int, scale, ratio, hflip: float):
     return fn
 
 
-def eval_image(ds: Split, i: int, img_size: int, resized: bool, crop_pct: float = 0.875) -> np.ndarray:
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def eval_image(
+    ds: Split, i: int, img_size: int, resized: bool, crop_pct: float = 0.875, interpolation: str = "bicubic"
+) -> np.ndarray:
+    """timm's ``center`` eval transform up to normalisation (which happens on the device): the shorter side
+    resized to ``floor(img_size / crop_pct)`` keeping the aspect ratio, then a centre crop."""
     im = ds.load(i)
     if not resized:
         short = int(math.floor(img_size / crop_pct))
         w, h = im.size
-        scale = short / min(w, h)
-        im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BICUBIC)
-        left, top = (im.width - img_size) // 2, (im.height - img_size) // 2
+        if w <= h:
+            size = (short, int(short * h / w))
+        else:
+            size = (int(short * w / h), short)
+        if size != (w, h):
+            im = im.resize(size, _RESAMPLE.get(interpolation, Image.BICUBIC))
+        top, left = int(round((im.height - img_size) / 2.0)), int(round((im.width - img_size) / 2.0))
         im = im.crop((left, top, left + img_size, top + img_size))
     return np.asarray(im, np.uint8)
 
@@ -203,6 +213,8 @@ def eval_batches(
     global_batch: int,
     process_index: int = 0,
     process_count: int = 1,
+    crop_pct: float = 0.875,
+    interpolation: str = "bicubic",
 ) -> grain.MapDataset:
     """This process's share of the validation set in global batches; the last batch is padded (``valid`` 0)."""
     n = len(data.val)
@@ -211,7 +223,7 @@ def eval_batches(
     def fetch(g: int) -> dict:
         if g >= n:
             return {"image": blank, "label": np.int32(0), "valid": np.int32(0)}
-        img = eval_image(data.val, g, img_size, data.resized)
+        img = eval_image(data.val, g, img_size, data.resized, crop_pct, interpolation)
         return {"image": img, "label": np.int32(data.val.labels[g]), "valid": np.int32(1)}
 
     return _local_view(math.ceil(n / global_batch), global_batch, process_index, process_count, fetch)

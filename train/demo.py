@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     tm2.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
     data = data_lib.digits(ARCH["img_size"])
     images = np.stack([data_lib.eval_image(data.val, i, ARCH["img_size"], True) for i in range(len(data.val))])
-    mean = np.asarray(data_lib.IMAGENET_MEAN, np.float32)
-    std = np.asarray(data_lib.IMAGENET_STD, np.float32)
+    mean, std = np.asarray(result.mean, np.float32), np.asarray(result.std, np.float32)
     xs = ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)  # N, H, W, C
     with jax.default_matmul_precision("highest"):
         logits_jax = np.asarray(jax.jit(lambda a: model(a))(xs))

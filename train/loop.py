@@ -27,6 +27,7 @@ from flax import nnx
 from jax import numpy as jnp
 
 import vitjax
+import vitjax.data
 from train import data as data_lib
 from train import mesh as mesh_lib
 from train import optim
@@ -50,6 +51,8 @@ class RunResult:
     mesh: jax.sharding.Mesh
     steps_done: int
     total_steps: int
+    mean: tuple[float, ...] = ()  # the normalisation the model was trained with
+    std: tuple[float, ...] = ()
     preempted: bool = False
     final_eval: dict[str, float] = field(default_factory=dict)
     skipped_steps: list[int] = field(default_factory=list)
@@ -220,7 +223,8 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         train_iter.set_state(data_state)
 
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
-    mean, std = data_lib.IMAGENET_MEAN, data_lib.IMAGENET_STD
+    data_cfg = vitjax.data.resolve_model_data_config(parts.model)  # the model's mean/std/crop_pct, as timm's
+    mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
     step_fn = make_train_step(
         parts.train_def,
         parts.rest,
@@ -265,6 +269,8 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         global_batch=cfg.eval_batch_size or cfg.batch_size,
         process_index=pid,
         process_count=nproc,
+        crop_pct=data_cfg["crop_pct"],
+        interpolation=data_cfg["interpolation"],
     )
 
     def evaluate(state) -> dict[str, float]:
@@ -289,7 +295,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
     writer = MetricsWriter(workdir, enabled=main, resume_step=start)
     progress = Progress(total, start, enabled=main and cfg.progress)
     signals = _Signals()
-    result = RunResult(st, parts, mesh, start, total)
+    result = RunResult(st, parts, mesh, start, total, mean=mean, std=std)
     pending: list[tuple[int, dict]] = []
     t_mark, n_mark = time.perf_counter(), start
     step = start
