@@ -11,9 +11,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-## main job: convert the seed models from randomly initialised timm/HF weights and print the parity table
+## main job: (1) convert the seed models from randomly initialised timm/HF weights and print the parity table,
+## (2) take a relpos ViT from timm, train it on digits over all local devices, export it back to timm (same
+## predictions) and print its test accuracy
 demo: $(VENV)/.installed
 	$(PY) -m converters demo
+	$(PY) -m train.demo
 
 ## lint, then the default test suite (large models are marked slow and left to test-all)
 test: $(VENV)/.installed lint
