@@ -1,0 +1,512 @@
+"""Ahead-of-time compilation of the training step for a TPU topology, on a machine without a TPU.
+
+``python -m train.aot --model NAME --topology v5e:2x4 --mesh data=..,fsdp=..,tensor=.. --batch-size N
+[--precision bf16] [--remat] [--sharding ...] [--find-batch]`` takes every flag of ``python -m train`` (the
+same :class:`train.config.TrainConfig`), builds the same train step with the same builders (``train.state``,
+``train.mesh``, ``train.optim``, ``train.steps``) from abstract parameters, optimizer state and batch that are
+never materialised, places them by the same sharding rules on the devices of the TPU topology
+(``jax.experimental.topologies.get_topology_desc``), and runs the real TPU compiler (libtpu, the ``tpu`` extra).
+
+The report gives, per device: argument / output / temporary / code bytes against the chip's HBM (the step's
+state is donated, so its output aliases its input), whether it fits and the headroom; the compiled FLOPs of one
+step, the step time they take at the chip's bf16 peak and the MFU bound (model FLOPs, i.e. 3x the forward pass,
+over compiled FLOPs, which include recomputation under remat); the count and volume of each collective in the
+optimised HLO; host callbacks or host transfers inside the step (there should be none); and, for multi-host
+topologies, the number of hosts and the batch each process feeds. Exit status 1 when it does not fit.
+
+``--find-batch`` doubles the global batch from one example per data-parallel device until it no longer fits,
+then bisects, and reports the largest that fits.
+
+Chip data (:data:`CHIPS`) are Google's published per-chip figures: bf16 dense peak and HBM capacity.
+"""
+
+from __future__ import annotations
+
+import os
+
+# the default backend stays the CPU (the TPU library is only used for its compiler), and libtpu's
+# single-process lock does not apply: compile-only topologies do not touch any device.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+
+import jax  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax import numpy as jnp  # noqa: E402
+
+import vitjax  # noqa: E402
+import vitjax.data  # noqa: E402
+from train import mesh as mesh_lib  # noqa: E402
+from train import optim  # noqa: E402
+from train import state as state_lib  # noqa: E402
+from train.config import TrainConfig, parse_args  # noqa: E402
+from train.steps import make_train_step  # noqa: E402
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Chip:
+    name: str
+    bf16_flops: float  # dense bf16 peak per chip, FLOP/s
+    hbm: int  # bytes per chip
+
+
+# topology prefix -> chip (published per-chip figures)
+CHIPS: dict[str, Chip] = {
+    "v4": Chip("TPU v4", 275e12, 32 * GiB),
+    "v5e": Chip("TPU v5e", 197e12, 16 * GiB),
+    "v5p": Chip("TPU v5p", 459e12, 95 * GiB),
+    "v6e": Chip("TPU v6e", 918e12, 32 * GiB),
+}
+# v4 and v5p chips have two TensorCores; run as one device per chip ("megacore"), as TPU VMs do by default.
+_MEGACORE = ("v4", "v5p")
+
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4}
+_DTYPE_BYTES |= {"f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 1, "u4": 1}
+_OP = re.compile(
+    r"=\s*(?P<type>\(.*?\)|\S+)\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\(",
+)
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(?P<name>[\w.\-]+) \(.*\) -> (?P<result>.*) \{$")
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+# anything that would move data between the device and the host inside the step
+_HOST = re.compile(
+    r"\b(send|recv|send-done|recv-done|infeed|outfeed)\(|custom_call_target=\"[^\"]*(callback|host)[^\"]*\"",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class Topology:
+    name: str
+    chip: Chip
+    devices: list
+    hosts: int
+    devices_per_chip: int
+
+
+def topology(name: str) -> Topology:
+    """The compile-only devices of a TPU topology such as ``v5e:2x4`` or ``v4:2x2x4``."""
+    from jax.experimental import topologies
+
+    kind = name.split(":")[0]
+    if kind not in CHIPS:
+        raise ValueError(f"unknown TPU generation {kind!r} in {name!r}; known: {sorted(CHIPS)}")
+    kwargs = {"chip_config_name": "megacore"} if kind in _MEGACORE else {}
+    devices = list(topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs).devices)
+    chips = math.prod(int(d) for d in name.split(":")[1].split("x"))
+    return Topology(name, CHIPS[kind], devices, len({d.process_index for d in devices}), len(devices) // chips)
+
+
+def topology_mesh(cfg: TrainConfig, topo: Topology) -> jax.sharding.Mesh:
+    """The ``(data, fsdp, tensor)`` mesh of ``train.mesh.make_mesh`` over the topology's devices, in the order
+    of ``mesh_utils.create_device_mesh`` (neighbouring chips on the inner axes)."""
+    from jax.experimental import mesh_utils
+
+    probe = mesh_lib.make_mesh(cfg.mesh, topo.devices)  # validates the shape, fills in 'data'
+    dims = tuple(probe.shape[a] for a in mesh_lib.MESH_AXES)
+    try:
+        ordered = mesh_utils.create_device_mesh(dims, topo.devices, allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError):
+        return probe
+    return mesh_lib.make_mesh(cfg.mesh, list(ordered.flat))
+
+
+@dataclass
+class Built:
+    """The jitted train step and its abstract, sharded arguments, exactly as ``train.loop.run`` builds them."""
+
+    jitted: object
+    args: tuple
+    mesh: jax.sharding.Mesh
+    parts: state_lib.ModelParts
+    img_size: int
+    num_classes: int
+    compute_dtype: object
+
+
+def build(cfg: TrainConfig, topo: Topology, *, total_steps: int) -> Built:
+    """The train step of ``python -m train`` for ``cfg`` on ``topo``, with abstract inputs.
+
+    Mirrors ``train.loop.run``: the same model parts, optimizer, shardings, step function, RNG folding,
+    in/out shardings and donation; only the data source is left out (the class count is the model's, unless
+    ``--num-classes`` is given)."""
+    img_size = cfg.img_size
+    if img_size is None:
+        size = vitjax.get_spec(cfg.model).config(**cfg.model_overrides()).img_size
+        img_size = size if isinstance(size, int) else int(size[0])
+    overrides = cfg.model_overrides()
+    overrides["img_size"] = img_size
+    parts = state_lib.build_parts(cfg.model, overrides, seed=cfg.seed, remat=cfg.remat)
+    num_classes = parts.model.cfg.num_classes
+    mesh = topology_mesh(cfg, topo)
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    if cfg.batch_size % dp:
+        raise ValueError(f"global batch {cfg.batch_size} is not divisible by data x fsdp = {dp} devices")
+    abstract_params = nnx.to_pure_dict(parts.params)
+    lr_fn = optim.schedule(cfg.lr, total_steps, cfg.warmup_steps, cfg.warmup_lr, cfg.min_lr)
+    tx = optim.make_optimizer(
+        abstract_params,
+        opt=cfg.opt,
+        lr_schedule=lr_fn,
+        weight_decay=cfg.weight_decay,
+        betas=cfg.opt_betas,
+        eps=cfg.opt_eps,
+        clip_grad=cfg.clip_grad,
+        layer_decay=cfg.layer_decay,
+    )
+    use_ema = cfg.model_ema_decay > 0
+    sh = state_lib.shardings(parts, tx, mesh, cfg.sharding, use_ema)
+    abstract = state_lib.abstract_state(parts, tx, sh)
+    dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
+    data_cfg = vitjax.data.resolve_model_data_config(parts.model)
+    step_fn = make_train_step(
+        parts.train_def,
+        parts.rest,
+        tx,
+        lr_fn,
+        num_classes=num_classes,
+        mean=tuple(data_cfg["mean"]),
+        std=tuple(data_cfg["std"]),
+        compute_dtype=dtype,
+        label_smoothing=cfg.label_smoothing,
+        mixup_alpha=cfg.mixup,
+        cutmix_alpha=cfg.cutmix,
+        mix_prob=cfg.mixup_prob,
+        mix_switch_prob=cfg.mixup_switch_prob,
+        accum_steps=cfg.grad_accum_steps,
+        ema_decay_rate=cfg.model_ema_decay,
+        ema_warmup=cfg.model_ema_warmup,
+    )
+
+    def keyed_step(state, batch):  # as train.loop.run: the run's key folded with the step number
+        return step_fn(state, batch, jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step))
+
+    rep = mesh_lib.replicated(mesh)
+    bsh = mesh_lib.batch_sharding(mesh)
+    jitted = jax.jit(
+        keyed_step,
+        in_shardings=(sh, {"image": bsh, "label": bsh}),
+        out_shardings=(sh, rep),
+        donate_argnums=0,
+        compiler_options=state_lib.RUN_ONCE if cfg.fast_compile else None,
+    )
+    b = cfg.batch_size
+    batch = {
+        "image": jax.ShapeDtypeStruct((b, img_size, img_size, 3), jnp.uint8, sharding=bsh),
+        "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bsh),
+    }
+    return Built(jitted, (abstract, batch), mesh, parts, img_size, num_classes, dtype)
+
+
+def forward_flops(built: Built, batch: int) -> float:
+    """FLOPs of one forward pass of the global batch (XLA's cost analysis of the unoptimised HLO, on the host)."""
+    parts = built.parts
+    params = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(
+            s.shape, built.compute_dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
+        ),
+        nnx.to_pure_dict(parts.params),
+    )
+    stats = nnx.to_pure_dict(parts.batch_stats)
+
+    def fwd(p, s, x):
+        return nnx.merge(parts.eval_def, p, s, parts.rest)(x)
+
+    x = jax.ShapeDtypeStruct((batch, built.img_size, built.img_size, 3), built.compute_dtype)
+    cost = jax.jit(fwd).lower(params, stats, x).cost_analysis()
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _type_bytes(text: str) -> list[int]:
+    out = []
+    for dtype, dims in _ARRAY.findall(text):
+        n = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
+        out.append(n * _DTYPE_BYTES.get(dtype, 4))
+    return out
+
+
+def collectives(hlo: str) -> dict[str, dict[str, int]]:
+    """``{op: {"count": n, "bytes": result bytes per device}}`` for each collective of the optimised HLO text.
+
+    Async ``*-start`` ops count once (their result tuple holds the operands, then the results). The TPU compiler
+    writes a reduce-scatter as an all-reduce fused with a dynamic slice, in a computation named
+    ``all-reduce-scatter*``: that counts as one reduce-scatter with the computation's (sliced) result. Ops inside
+    a loop body (gradient accumulation) are counted once."""
+    out = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
+    in_rs = False
+    for line in hlo.splitlines():
+        head = _COMPUTATION.match(line)
+        if head:
+            in_rs = head["name"].startswith("all-reduce-scatter")
+            if in_rs:
+                out["reduce-scatter"]["count"] += 1
+                out["reduce-scatter"]["bytes"] += sum(_type_bytes(head["result"]))
+            continue
+        m = _OP.search(line)
+        if not m or (in_rs and m["op"] == "all-reduce"):
+            continue
+        sizes = _type_bytes(m["type"])
+        if m["start"] and m["op"] in ("all-gather", "collective-permute", "all-to-all") and len(sizes) > 1:
+            sizes = sizes[len(sizes) // 2 :]
+        out[m["op"]]["count"] += 1
+        out[m["op"]]["bytes"] += sum(sizes)
+    return out
+
+
+def host_transfers(hlo: str) -> list[str]:
+    """The HLO lines that would call back to or transfer with the host."""
+    return [line.strip()[:160] for line in hlo.splitlines() if _HOST.search(line)]
+
+
+@dataclass
+class Report:
+    model: str
+    topology: str
+    chip: str
+    devices: int
+    hosts: int
+    mesh: dict
+    sharding: str
+    precision: str
+    remat: bool
+    global_batch: int
+    per_process_batch: int
+    per_device_batch: int
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    code_bytes: int
+    total_bytes: int
+    hbm_bytes: int
+    fits: bool
+    headroom_bytes: int
+    flops_per_device: float
+    flops_per_step: float
+    model_flops_per_step: float
+    step_time_s: float
+    mfu_bound: float
+    images_per_s_bound: float
+    collectives: dict = field(default_factory=dict)
+    host_transfers: list = field(default_factory=list)
+    compile_s: float = 0.0
+    compiler_error: str = ""  # the TPU compiler's out-of-memory message, when it refused the program
+
+
+def _oom_bytes(message: str) -> int:
+    """The memory the TPU compiler said it needed, from its out-of-memory error (-1 when not stated)."""
+    m = re.search(r"required for [^(]*\((?P<n>[\d.]+)(?P<u>[KMGT])\)", message)
+    if not m:
+        return -1
+    return int(float(m["n"]) * 1024 ** "KMGT".index(m["u"]) * 1024)
+
+
+def compile_report(cfg: TrainConfig, topo: Topology, *, total_steps: int = 10000, model_flops: bool = True) -> Report:
+    """Compile the step of ``cfg`` for ``topo`` and report. A compile that the TPU compiler refuses for lack of
+    HBM (``RESOURCE_EXHAUSTED``) gives a report with ``fits=False`` and the compiler's message."""
+    built = build(cfg, topo, total_steps=total_steps)
+    n = len(topo.devices)
+    hbm = topo.chip.hbm // topo.devices_per_chip
+    dp = built.mesh.shape["data"] * built.mesh.shape["fsdp"]
+    common = dict(
+        model=cfg.model,
+        topology=topo.name,
+        chip=topo.chip.name,
+        devices=n,
+        hosts=topo.hosts,
+        mesh=dict(built.mesh.shape),
+        sharding=cfg.sharding,
+        precision=cfg.precision,
+        remat=cfg.remat,
+        global_batch=cfg.batch_size,
+        per_process_batch=cfg.batch_size // topo.hosts,
+        per_device_batch=cfg.batch_size // dp,
+        hbm_bytes=hbm,
+    )
+    t0 = time.perf_counter()
+    try:
+        compiled = built.jitted.lower(*built.args).compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        need = _oom_bytes(str(e))
+        return Report(
+            **common,
+            argument_bytes=-1,
+            output_bytes=-1,
+            alias_bytes=-1,
+            temp_bytes=need,
+            code_bytes=-1,
+            total_bytes=need,
+            fits=False,
+            headroom_bytes=hbm - need if need >= 0 else -1,
+            flops_per_device=float("nan"),
+            flops_per_step=float("nan"),
+            model_flops_per_step=float("nan"),
+            step_time_s=float("nan"),
+            mfu_bound=float("nan"),
+            images_per_s_bound=float("nan"),
+            compile_s=time.perf_counter() - t0,
+            compiler_error=str(e).splitlines()[0][:300],
+        )
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis() or {}
+    hlo = compiled.as_text()
+    total = (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes
+        + mem.generated_code_size_in_bytes
+    )
+    flops_dev = float(cost.get("flops", 0.0))
+    peak = topo.chip.bf16_flops / topo.devices_per_chip
+    step_time = flops_dev / peak if peak else float("nan")
+    mflops = 3.0 * forward_flops(built, cfg.batch_size) if model_flops else 0.0
+    compiled_total = flops_dev * n
+    return Report(
+        **common,
+        argument_bytes=mem.argument_size_in_bytes,
+        output_bytes=mem.output_size_in_bytes,
+        alias_bytes=mem.alias_size_in_bytes,
+        temp_bytes=mem.temp_size_in_bytes,
+        code_bytes=mem.generated_code_size_in_bytes,
+        total_bytes=total,
+        fits=total <= hbm,
+        headroom_bytes=hbm - total,
+        flops_per_device=flops_dev,
+        flops_per_step=compiled_total,
+        model_flops_per_step=mflops,
+        step_time_s=step_time,
+        mfu_bound=min(1.0, mflops / compiled_total) if compiled_total and mflops else float("nan"),
+        images_per_s_bound=cfg.batch_size / step_time if step_time else float("nan"),
+        collectives=collectives(hlo),
+        host_transfers=host_transfers(hlo),
+        compile_s=compile_s,
+    )
+
+
+def _gib(b: float) -> str:
+    return f"{b / GiB:.2f} GiB"
+
+
+def format_report(r: Report) -> str:
+    if r.compiler_error:
+        return "\n".join(
+            [
+                f"{r.model} on {r.topology} ({r.devices} x {r.chip} device(s), {r.hosts} host(s)); mesh {r.mesh}, "
+                f"sharding {r.sharding}, {r.precision}{', remat' if r.remat else ''}, global batch {r.global_batch}",
+                f"  DOES NOT FIT: the TPU compiler needs {_gib(r.total_bytes)} per device for temporaries alone, "
+                f"the chip has {_gib(r.hbm_bytes)}",
+                f"  compiler: {r.compiler_error}",
+            ]
+        )
+    lines = [
+        f"{r.model} on {r.topology} ({r.devices} x {r.chip} device(s), {r.hosts} host(s)); mesh {r.mesh}, "
+        f"sharding {r.sharding}, {r.precision}{', remat' if r.remat else ''}",
+        f"  batch: global {r.global_batch}, per process {r.per_process_batch} (x{r.hosts} hosts), "
+        f"per data-parallel device {r.per_device_batch}",
+        "  memory per device: "
+        f"arguments {_gib(r.argument_bytes)}, outputs {_gib(r.output_bytes)} (aliased {_gib(r.alias_bytes)}), "
+        f"temporaries {_gib(r.temp_bytes)}, code {_gib(r.code_bytes)}",
+        f"  total {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} HBM: "
+        + (
+            f"FITS, headroom {_gib(r.headroom_bytes)}"
+            if r.fits
+            else f"DOES NOT FIT, short by {_gib(-r.headroom_bytes)}"
+        ),
+        f"  compute: {r.flops_per_step / 1e12:.3f} TFLOP per step compiled "
+        f"({r.flops_per_device / 1e12:.4f} per device), "
+        f"model {r.model_flops_per_step / 1e12:.2f} TFLOP (3x forward)",
+        f"  at bf16 peak: step >= {r.step_time_s * 1e3:.1f} ms, <= {r.images_per_s_bound:.0f} img/s, "
+        f"MFU bound {r.mfu_bound:.1%}",
+        "  collectives per step (per device): "
+        + ", ".join(f"{k} {v['count']} x / {v['bytes'] / 2**20:.1f} MiB" for k, v in r.collectives.items()),
+        f"  host callbacks / transfers in the step: {len(r.host_transfers)}",
+        f"  compile time {r.compile_s:.1f} s",
+    ]
+    lines += [f"    {h}" for h in r.host_transfers[:5]]
+    return "\n".join(lines)
+
+
+def find_batch(cfg: TrainConfig, topo: Topology, *, limit: int = 1 << 16, log=print) -> tuple[int, Report | None]:
+    """The largest global batch that fits (a multiple of data x fsdp x grad-accum), by doubling then bisection."""
+    import dataclasses
+
+    probe = topology_mesh(cfg, topo)
+    unit = probe.shape["data"] * probe.shape["fsdp"] * cfg.grad_accum_steps
+    cache: dict[int, Report] = {}
+
+    def fits(k: int) -> bool:
+        r = compile_report(dataclasses.replace(cfg, batch_size=k * unit), topo, model_flops=False)
+        cache[k] = r
+        log(f"  batch {k * unit}: {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} -> {'fits' if r.fits else 'no'}")
+        return r.fits
+
+    if not fits(1):
+        return 0, cache[1]
+    lo, hi = 1, None
+    while hi is None:
+        k = lo * 2
+        if k * unit > limit:
+            break
+        if fits(k):
+            lo = k
+        else:
+            hi = k
+    if hi is not None:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+    best = dataclasses.replace(cfg, batch_size=lo * unit)
+    return lo * unit, compile_report(best, topo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m train.aot",
+        description="Compile the train step of `python -m train` for a TPU topology (no TPU needed) and report "
+        "memory, FLOPs and collectives. Every flag of `python -m train` is accepted.",
+    )
+    p.add_argument("--topology", required=True, help="e.g. v5e:2x2, v5e:4x4, v4:2x2x4, v5p:2x2x1")
+    p.add_argument("--find-batch", action="store_true", help="report the largest global batch that fits")
+    p.add_argument("--max-batch", type=int, default=1 << 16, help="upper limit for --find-batch")
+    p.add_argument("--json", help="also write the report as JSON to this file")
+    ours, rest = p.parse_known_args(argv)
+    if not any(a in rest for a in ("--steps", "--epochs")):
+        rest += ["--steps", "10000"]  # only the lr schedule depends on it
+    cfg = parse_args(rest)
+    topo = topology(ours.topology)
+    if ours.find_batch:
+        print(f"[aot] {cfg.model} on {topo.name}: searching the largest global batch", flush=True)
+        best, report = find_batch(cfg, topo, limit=ours.max_batch, log=lambda s: print(s, flush=True))
+        if report is None or not best:
+            print(f"[aot] {cfg.model} does not fit on {topo.name} even at the smallest batch")
+            if report is not None:
+                print(format_report(report))
+            return 1
+        print(f"[aot] largest global batch that fits: {best}")
+    else:
+        report = compile_report(cfg, topo)
+    print(format_report(report))
+    if ours.json:
+        with open(ours.json, "w") as f:
+            json.dump(asdict(report), f, indent=2)
+    return 0 if report.fits else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
