@@ -14,8 +14,8 @@ over compiled FLOPs, which include recomputation under remat); the count and vol
 optimised HLO; host callbacks or host transfers inside the step (there should be none); and, for multi-host
 topologies, the number of hosts and the batch each process feeds. Exit status 1 when it does not fit.
 
-``--find-batch`` doubles the global batch from one example per data-parallel device until it no longer fits,
-then bisects, and reports the largest that fits.
+``--find-batch`` doubles the global batch from ``--batch-size`` until it no longer fits (or halves it until it
+does), then bisects, and reports the largest that fits; each try is one TPU compile.
 
 Chip data (:data:`CHIPS`) are Google's published per-chip figures: bf16 dense peak and HBM capacity.
 """
@@ -439,40 +439,52 @@ def format_report(r: Report) -> str:
     return "\n".join(lines)
 
 
-def find_batch(cfg: TrainConfig, topo: Topology, *, limit: int = 1 << 16, log=print) -> tuple[int, Report | None]:
-    """The largest global batch that fits (a multiple of data x fsdp x grad-accum), by doubling then bisection."""
+def find_batch(
+    cfg: TrainConfig, topo: Topology, *, limit: int = 1 << 16, granularity: int = 0, log=print
+) -> tuple[int, Report]:
+    """The largest global batch that fits, a multiple of data x fsdp x grad-accum (the unit): from
+    ``cfg.batch_size`` doubling up to the first that does not fit (or halving down to the first that does), then
+    bisecting until the bracket is no wider than ``granularity`` examples (default: the unit). Returns the batch
+    (0 when not even one unit fits) and the report of the largest batch compiled that fits (else the smallest
+    tried)."""
     import dataclasses
 
     probe = topology_mesh(cfg, topo)
     unit = probe.shape["data"] * probe.shape["fsdp"] * cfg.grad_accum_steps
+    step = max(1, -(-granularity // unit)) if granularity else 1
     cache: dict[int, Report] = {}
 
     def fits(k: int) -> bool:
-        r = compile_report(dataclasses.replace(cfg, batch_size=k * unit), topo, model_flops=False)
+        r = compile_report(dataclasses.replace(cfg, batch_size=k * unit), topo)
         cache[k] = r
         log(f"  batch {k * unit}: {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} -> {'fits' if r.fits else 'no'}")
         return r.fits
 
-    if not fits(1):
-        return 0, cache[1]
-    lo, hi = 1, None
-    while hi is None:
-        k = lo * 2
-        if k * unit > limit:
-            break
-        if fits(k):
-            lo = k
-        else:
-            hi = k
+    k = max(1, cfg.batch_size // unit)
+    if fits(k):
+        lo, hi = k, None
+        while hi is None and lo * 2 * unit <= limit:
+            if fits(lo * 2):
+                lo *= 2
+            else:
+                hi = lo * 2
+    else:
+        lo, hi = 0, k
+        while lo == 0 and hi > 1:
+            if fits(hi // 2):
+                lo = hi // 2
+            else:
+                hi //= 2
+        if lo == 0:
+            return 0, cache[min(cache)]
     if hi is not None:
-        while hi - lo > 1:
+        while hi - lo > step:
             mid = (lo + hi) // 2
             if fits(mid):
                 lo = mid
             else:
                 hi = mid
-    best = dataclasses.replace(cfg, batch_size=lo * unit)
-    return lo * unit, compile_report(best, topo)
+    return lo * unit, cache[lo]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,6 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topology", required=True, help="e.g. v5e:2x2, v5e:4x4, v4:2x2x4, v5p:2x2x1")
     p.add_argument("--find-batch", action="store_true", help="report the largest global batch that fits")
     p.add_argument("--max-batch", type=int, default=1 << 16, help="upper limit for --find-batch")
+    p.add_argument(
+        "--batch-granularity",
+        type=int,
+        default=0,
+        help="--find-batch stops bisecting when the bracket is this narrow (default: data x fsdp x accum)",
+    )
     p.add_argument("--json", help="also write the report as JSON to this file")
     ours, rest = p.parse_known_args(argv)
     if not any(a in rest for a in ("--steps", "--epochs")):
@@ -492,11 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     topo = topology(ours.topology)
     if ours.find_batch:
         print(f"[aot] {cfg.model} on {topo.name}: searching the largest global batch", flush=True)
-        best, report = find_batch(cfg, topo, limit=ours.max_batch, log=lambda s: print(s, flush=True))
-        if report is None or not best:
+        best, report = find_batch(
+            cfg, topo, limit=ours.max_batch, granularity=ours.batch_granularity, log=lambda s: print(s, flush=True)
+        )
+        if not best:
             print(f"[aot] {cfg.model} does not fit on {topo.name} even at the smallest batch")
-            if report is not None:
-                print(format_report(report))
+            print(format_report(report))
             return 1
         print(f"[aot] largest global batch that fits: {best}")
     else:

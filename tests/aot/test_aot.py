@@ -5,6 +5,9 @@ tensor-parallel presets; the reports are checked for fit, FLOPs, collectives and
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 import jax
 import numpy as np
 import pytest
@@ -119,3 +122,26 @@ def test_too_big_does_not_fit(capsys):
     out = capsys.readouterr().out
     assert code == 1, out
     assert "DOES NOT FIT" in out
+
+
+def test_find_batch_search(topos, monkeypatch):
+    """Doubling then bisection over multiples of data x fsdp, with the compile replaced by a fit rule."""
+    tried = []
+
+    def fake(cfg, topo, **kw):
+        tried.append(cfg.batch_size)
+        fits = cfg.batch_size <= 44
+        return SimpleNamespace(fits=fits, total_bytes=cfg.batch_size, hbm_bytes=44, batch=cfg.batch_size)
+
+    monkeypatch.setattr(aot, "compile_report", fake)
+    cfg = parse_args([*TINY, "--mesh", "data=4", "--batch-size", "8", "--steps", "1"])
+    best, report = aot.find_batch(cfg, topos["v5e:2x2"], log=lambda s: None)
+    assert best == 44 and report.batch == 44
+    assert tried == [8, 16, 32, 64, 48, 40, 44]
+    tried.clear()
+    best, _ = aot.find_batch(dataclasses.replace(cfg, batch_size=256), topos["v5e:2x2"], log=lambda s: None)
+    assert best == 44 and tried[:3] == [256, 128, 64]
+    monkeypatch.setattr(
+        aot, "compile_report", lambda cfg, topo, **kw: SimpleNamespace(fits=False, total_bytes=1, hbm_bytes=0)
+    )
+    assert aot.find_batch(cfg, topos["v5e:2x2"], log=lambda s: None)[0] == 0
