@@ -93,6 +93,11 @@ class Topology:
     devices_per_chip: int
 
 
+# libtpu looks for a TPU VM's environment when it loads and warns at length without it; these quiet it. They
+# are set only while the topology is made (TPU_WORKER_HOSTNAMES would make train.loop think it is on a cluster).
+_QUIET = {"TPU_ACCELERATOR_TYPE": "v5litepod-4", "TPU_WORKER_HOSTNAMES": "localhost", "TPU_SKIP_MDS_QUERY": "1"}
+
+
 def topology(name: str) -> Topology:
     """The compile-only devices of a TPU topology such as ``v5e:2x4`` or ``v4:2x2x4``."""
     from jax.experimental import topologies
@@ -101,7 +106,13 @@ def topology(name: str) -> Topology:
     if kind not in CHIPS:
         raise ValueError(f"unknown TPU generation {kind!r} in {name!r}; known: {sorted(CHIPS)}")
     kwargs = {"chip_config_name": "megacore"} if kind in _MEGACORE else {}
-    devices = list(topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs).devices)
+    added = {k: v for k, v in _QUIET.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        devices = list(topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs).devices)
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
     chips = math.prod(int(d) for d in name.split(":")[1].split("x"))
     return Topology(name, CHIPS[kind], devices, len({d.process_index for d in devices}), len(devices) // chips)
 
@@ -310,9 +321,12 @@ def _oom_bytes(message: str) -> int:
     return int(float(m["n"]) * 1024 ** "KMGT".index(m["u"]) * 1024)
 
 
-def compile_report(cfg: TrainConfig, topo: Topology, *, total_steps: int = 10000, model_flops: bool = True) -> Report:
-    """Compile the step of ``cfg`` for ``topo`` and report. A compile that the TPU compiler refuses for lack of
-    HBM (``RESOURCE_EXHAUSTED``) gives a report with ``fits=False`` and the compiler's message."""
+def compile_report(
+    cfg: TrainConfig, topo: Topology, *, total_steps: int = 10000, model_flops: bool = True, hlo_out: str | None = None
+) -> Report:
+    """Compile the step of ``cfg`` for ``topo`` and report (and write the optimised HLO text to ``hlo_out``). A
+    compile that the TPU compiler refuses for lack of HBM (``RESOURCE_EXHAUSTED``) gives a report with
+    ``fits=False`` and the compiler's message."""
     built = build(cfg, topo, total_steps=total_steps)
     n = len(topo.devices)
     hbm = topo.chip.hbm // topo.devices_per_chip
@@ -362,6 +376,9 @@ def compile_report(cfg: TrainConfig, topo: Topology, *, total_steps: int = 10000
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
     hlo = compiled.as_text()
+    if hlo_out:
+        with open(hlo_out, "w") as f:
+            f.write(hlo)
     total = (
         mem.argument_size_in_bytes
         + mem.output_size_in_bytes
@@ -503,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         help="--find-batch stops bisecting when the bracket is this narrow (default: data x fsdp x accum)",
     )
     p.add_argument("--json", help="also write the report as JSON to this file")
+    p.add_argument("--hlo", help="write the compiled (optimised) HLO text of the step to this file")
     ours, rest = p.parse_known_args(argv)
     if not any(a in rest for a in ("--steps", "--epochs")):
         rest += ["--steps", "10000"]  # only the lr schedule depends on it
@@ -519,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"[aot] largest global batch that fits: {best}")
     else:
-        report = compile_report(cfg, topo)
+        report = compile_report(cfg, topo, hlo_out=ours.hlo)
     print(format_report(report))
     if ours.json:
         with open(ours.json, "w") as f:
