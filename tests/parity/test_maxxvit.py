@@ -6,18 +6,23 @@ that timm loads with strict=True; the state_dict keys/shapes and parameter count
 meta device). Then timm's features_only model, the ``use_nchw_attn`` and pool-less-head layouts, the pooling
 options, and the input sizes timm accepts or refuses.
 
-What runs where (``-m slow`` runs the rest; every test passes either way):
+What runs where (``-m slow`` runs the rest; every test passes either way). These nets are deep, so the default
+suite takes one model per distinct configuration recipe rather than every name:
 
-* default suite: structure + parameter count of every name below ~100M parameters; parity of every such name
-  at a reduced, non-square input (``img_size=(64, 96)``, partitions 2x3: every weight is exercised, only the
-  bias tables are smaller); parity at the registered input size of the test/pico/nano models; the seed
-  ``maxxvitv2_rmlp_base_rw_224`` at both; features_only, layouts, pools and input sizes on small models.
-* slow: the other names (base/large/xlarge, CoAtNet 3-5, the 384/512 px models) in every test.
+* default: parity at a reduced, non-square input (``img_size=(64, 96)``, partitions 2x3: every weight and code
+  path runs, only the bias tables are smaller) of ``REPRESENTATIVE`` (each recipe: rw/paper CoAtNets with MBConv
+  or ConvNeXt blocks, BatchNorm or LayerNorm transformers, bias/MLP/TF relative positions, M/PM/V2 blocks, TF
+  'SAME', NormMlp heads; the seed ``maxxvitv2_rmlp_base_rw_224`` included); parity at the registered size of
+  ``test_maxvit`` / ``test_coatnet``; structure (keys, shapes, parameter count) of ``REPRESENTATIVE`` at the
+  registered size (``tests/models/test_api.py`` checks every name's parameter count in the default suite too);
+  config paths no registered default uses cheaply (max/3x3 pools, 1x1 stride, MLP biases) on the test models;
+  features_only, layouts, pools and input sizes on small models.
+* slow: every name at its registered size (384/512 px, base/large/xlarge, CoAtNet 3-5 included), and every
+  name's reduced-size parity and structure.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 import jax
@@ -40,21 +45,29 @@ FAMILY = "maxxvit"
 NAMES = vitjax.list_models(family=FAMILY)
 SEED = "maxxvitv2_rmlp_base_rw_224"
 REDUCED = (64, 96)
-_BIG = re.compile(r"(base|large|xlarge)|coatnet_[345]|coatnet_(rmlp_)?3_rw")
+REPRESENTATIVE = {
+    "test_coatnet",  # rw MaxViT recipe, C/T blocks, MBConv pool stride
+    "test_maxvit",  # rw MaxViT recipe, M blocks, bias tables
+    "coatnet_pico_rw_224",  # MBConv dw stride, SE 1/4, output bias
+    "coatnet_nano_rw_224",  # rw MaxViT recipe with pool stride
+    "coatnet_bn_0_rw_224",  # rw CoAtNet recipe: pre-norm act, SE early, BatchNorm transformers, no shortcut bias
+    "coatnet_rmlp_nano_rw_224",  # MLP relative positions (hidden 384) in T blocks
+    "coatnet_nano_cc_224",  # mixed (C, T) stages
+    "coatnext_nano_rw_224",  # ConvNeXt conv blocks, LayerScale (1e-5, None)
+    "coatnet_0_224",  # paper recipe: GELU MBConv, output-based widths, NormMlpClassifierHead
+    "maxvit_rmlp_pico_rw_256",  # M blocks with MLP relative positions
+    "maxvit_tiny_pm_256",  # parallel window/grid blocks
+    "maxxvit_rmlp_nano_rw_256",  # MaxxViT: ConvNeXt + window + grid
+    "maxxvitv2_nano_rw_256",  # MaxxViT-V2 (grid only) with bias tables
+    "maxvit_tiny_tf_224",  # TF: 'SAME' padding, GELU-tanh, BN 1e-3, [q; k; v], RelPosBiasTf, NormMlp head
+    SEED,  # MaxxViT-V2 with MLP relative positions
+}
 
 
 def n_params(name: str) -> int:
     """timm's parameter count of the registered model (meta device: nothing is allocated)."""
     with torch.device("meta"):
         return sum(p.numel() for p in timm.create_model(name).parameters())
-
-
-def is_big(name: str) -> bool:
-    return bool(_BIG.search(name)) and name != SEED
-
-
-def is_small(name: str) -> bool:
-    return name.startswith("test_") or any(s in name for s in ("pico", "nano"))
 
 
 def params(names, slow):
@@ -81,8 +94,15 @@ def jitted(model: nnx.Module, fn):
     """``fn(model, x)`` compiled once: XLA:CPU compiles every op of an eager call separately, which for these
     deep nets costs several times one whole-graph compile."""
     graph, state = nnx.split(model)
-    run = jax.jit(lambda state, x: fn(nnx.merge(graph, state), x))
-    return lambda x: run(state, x)
+    cache = {}
+
+    def run(x):
+        if x.shape not in cache:  # LLVM -O0: half the compile time, the same numbers to ~1e-7
+            lowered = jax.jit(lambda state, x: fn(nnx.merge(graph, state), x)).lower(state, x)
+            cache[x.shape] = lowered.compile({"xla_backend_optimization_level": 0})
+        return cache[x.shape](state, x)
+
+    return run
 
 
 def _outputs(model: nnx.Module, x: jax.Array):
@@ -112,7 +132,7 @@ def test_registry_covers_timm():
     assert len(NAMES) == 58
 
 
-@pytest.mark.parametrize("name", params(NAMES, is_big))
+@pytest.mark.parametrize("name", params(NAMES, lambda n: n not in REPRESENTATIVE))
 def test_structure(name):
     """Every key and shape of timm's state_dict (buffers included), and the parameter count."""
     model = vitjax.create_model(name, abstract=True)
@@ -123,7 +143,7 @@ def test_structure(name):
     assert count == n_params(name)
 
 
-@pytest.mark.parametrize("name", params(NAMES, is_big))
+@pytest.mark.parametrize("name", params(NAMES, lambda n: n not in REPRESENTATIVE))
 def test_parity_reduced_size(name, parity_results):
     """The registered architecture at a small non-square input (timm accepts it: partitions become 2x3)."""
     ref = timm_model(name, img_size=REDUCED)
@@ -133,7 +153,7 @@ def test_parity_reduced_size(name, parity_results):
     assert_round_trip(model, sd, "timm", meta_model(name, img_size=REDUCED))
 
 
-@pytest.mark.parametrize("name", params(NAMES, lambda n: not is_small(n) and n != SEED))
+@pytest.mark.parametrize("name", params(NAMES, lambda n: not n.startswith("test_")))
 def test_parity(name, parity_results):
     """The registered model at its registered input size."""
     ref = timm_model(name)
@@ -150,7 +170,7 @@ FEATURE_CASES = [
     ("coatnext_nano_rw_224", (64, 96), None),  # ConvNeXt blocks, T blocks
     ("maxvit_tiny_pm_256", (64, 96), (0, 2)),  # parallel blocks
     ("maxvit_tiny_tf_224", (64, 96), None),  # TF 'SAME', bias_tf
-    (SEED, (96, 64), None),
+    pytest.param(SEED, (96, 64), None, marks=pytest.mark.slow),
 ]
 
 
@@ -186,68 +206,104 @@ def test_features_only_from_full_checkpoint():
     assert max(rel_err(g, nhwc(r)) for g, r in zip(got, want, strict=True)) <= TOL
 
 
-def test_nchw_attention_layout(parity_results):
-    """``use_nchw_attn``: timm's attention blocks hold 1x1-conv weights; ours stay Linear (family +nchw_attn)."""
-    ref = timm_model("test_maxvit", transformer_use_nchw_attn=True)
+CONFIG_PATHS = [  # (name, timm kwargs, conv_cfg fields, transformer_cfg fields)
+    ("test_coatnet", dict(conv_pool_type="max", transformer_pool_type="max"), dict(pool_type="max"),
+     dict(pool_type="max")),  # 3x3 max pools (coatnet_rmlp_1_rw)
+    ("test_coatnet", dict(conv_pool_type="avg", conv_downsample_pool_type="avg"),
+     dict(pool_type="avg", downsample_pool_type="avg"), {}),  # 3x3 avg pools without the padding in the mean
+    ("test_coatnet", dict(conv_stride_mode="1x1"), dict(stride_mode="1x1"), {}),  # strided 1x1 expansion
+    ("test_coatnet", dict(transformer_head_first=False), {}, dict(head_first=False)),  # T blocks stay head-first
+    ("test_maxvit", dict(transformer_rel_pos_type="mlp", transformer_rel_pos_dim=64),
+     {}, dict(rel_pos_type="mlp", rel_pos_dim=64)),  # M blocks with MLP relative positions
+    ("test_maxvit", dict(img_size=(128, 160), transformer_window_size=(4, 5), transformer_grid_size=(2, 5)),
+     {}, dict(window_size=(4, 5), grid_size=(2, 5))),  # explicit, different window and grid sizes
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,timm_kw,conv,transformer", CONFIG_PATHS)
+def test_config_paths(name, timm_kw, conv, transformer, parity_results):
+    """Options of timm's configs that no registered default combines, on the test models."""
+    cfg = vitjax.get_spec(name).config()
+    kw = dict(conv_cfg=replace(cfg.conv_cfg, **conv), transformer_cfg=replace(cfg.transformer_cfg, **transformer))
+    if "img_size" in timm_kw:
+        kw["img_size"] = timm_kw["img_size"]
+    ref = timm_model(name, **timm_kw)
+    sd = ref.state_dict()
+    model = ours(name, sd, **kw)
+    h, w = ref.img_size
+    compare(name, ref, model, torch.randn(2, 3, h, w), parity_results, f" {timm_kw}")
+    assert_round_trip(model, sd, "timm", meta_model(name, **timm_kw))
+
+
+@pytest.mark.parametrize("head_first", [True, False])
+def test_nchw_attention_layout(head_first, parity_results):
+    """``use_nchw_attn``: timm's attention blocks are ``PartitionAttention2d`` with 1x1-conv weights (and
+    ``Attention2d``'s qkv split); ours stay channels-last Linear layers (family ``maxxvit+nchw_attn``)."""
+    t_kw = dict(transformer_use_nchw_attn=True, transformer_head_first=head_first)
+    ref = timm_model("test_maxvit", **t_kw)
     sd = ref.state_dict()
     assert sd["stages.0.blocks.0.attn_grid.attn.qkv.weight"].ndim == 4
-    tcfg = replace(vitjax.get_spec("test_maxvit").config().transformer_cfg, use_nchw_attn=True)
+    tcfg = replace(vitjax.get_spec("test_maxvit").config().transformer_cfg, use_nchw_attn=True, head_first=head_first)
     model = ours("test_maxvit", sd, transformer_cfg=tcfg)
     assert model.family == "maxxvit+nchw_attn"
-    compare("test_maxvit", ref, model, torch.randn(2, 3, 160, 160), parity_results, " use_nchw_attn")
-    assert_round_trip(model, sd, "timm", meta_model("test_maxvit", transformer_use_nchw_attn=True))
+    compare("test_maxvit", ref, model, torch.randn(2, 3, 160, 160), parity_results, f" {t_kw}")
+    assert_round_trip(model, sd, "timm", meta_model("test_maxvit", **t_kw))
     with pytest.raises(converters.ConversionError):  # the channels-last layout does not fit this model
         converters.from_torch(model, timm_model("test_maxvit").state_dict())
 
 
 @pytest.mark.parametrize(
-    "name,pool,num_classes",
+    "name,head_hidden,pool,num_classes",
     [
-        ("test_coatnet", "max", 1000),
-        ("test_coatnet", "avgmax", 10),
-        ("test_coatnet", "catavgmax", 10),
-        ("test_coatnet", "", 0),
-        ("test_coatnet", "avg", 0),
-        ("maxvit_tiny_tf_224", "max", 10),
-        ("maxvit_tiny_tf_224", "", 10),  # NormMlpClassifierHead without pooling: 1x1-conv head, per-pixel logits
-        ("maxvit_tiny_tf_224", "avg", 0),
+        ("test_coatnet", None, "max", 1000),
+        ("test_coatnet", None, "avgmax", 10),
+        ("test_coatnet", None, "catavgmax", 10),
+        ("test_coatnet", None, "", 0),
+        ("test_coatnet", None, "avg", 0),
+        ("test_maxvit", 64, "max", 10),  # NormMlpClassifierHead (as the TF / paper / large models)
+        ("test_maxvit", 64, "", 10),  # ... without pooling: timm's 1x1-conv head, per-position logits
+        ("test_maxvit", 64, "avg", 0),
     ],
 )
-def test_heads(name, pool, num_classes, parity_results):
+def test_heads(name, head_hidden, pool, num_classes, parity_results):
     kw = dict(global_pool=pool, num_classes=num_classes)
-    size = (64, 96) if "tf" in name else None
-    if size:
-        kw["img_size"] = size
+    if head_hidden:
+        kw["head_hidden_size"] = head_hidden
     ref = timm_model(name, **kw)
     sd = ref.state_dict()
     model = ours(name, sd, **kw)
-    if not pool and num_classes:
+    if head_hidden and not pool and num_classes:
         assert model.family == "maxxvit+conv_head"
+        assert sd["head.fc.weight"].ndim == 4
     h, w = ref.img_size
-    compare(name, ref, model, torch.randn(2, 3, h, w), parity_results, f" pool={pool!r} classes={num_classes}")
+    compare(name, ref, model, torch.randn(2, 3, h, w), parity_results, f" {kw}")
     assert_round_trip(model, sd, "timm", meta_model(name, **kw))
 
 
 @pytest.mark.parametrize(
-    "name,img_size,input_size,ratio",
+    "name,img_size,input_size,padding,ratio",
     [
-        ("test_maxvit", 160, (320, 160), None),  # partitions (5x5) still divide every map
-        ("maxvit_tiny_tf_224", 64, (128, 64), None),  # TF 'SAME' with partitions 2x2
+        ("test_maxvit", 160, (320, 160), "", None),  # partitions (5x5) still divide every map
+        ("test_maxvit", 64, (128, 64), "same", None),  # TF 'SAME' padding (the _tf models'), partitions 2x2
         # odd maps into strided blocks (stage inputs 56, 28, 14, 7): TF 'SAME' keeps both paths equal; 1x1 partitions
-        ("maxvit_tiny_tf_224", 112, (112, 112), 112),
+        ("test_maxvit", 112, (112, 112), "same", 112),
         # a 3x3 map into the last strided ConvNeXt block: its 1x1 shortcut broadcasts onto the 2x2 block output
-        ("maxxvit_rmlp_nano_rw_256", 48, (48, 48), None),
+        ("maxxvit_rmlp_nano_rw_256", 48, (48, 48), "", None),
     ],
 )
-def test_other_input_sizes(name, img_size, input_size, ratio, parity_results):
+def test_other_input_sizes(name, img_size, input_size, padding, ratio, parity_results):
     """Inputs that timm accepts without being the model's img_size."""
-    t_kw, j_kw = {}, {}
+    cfg = vitjax.get_spec(name).config()
+    t_kw, j_kw = dict(img_size=img_size), dict(img_size=img_size)
+    if padding:
+        t_kw["conv_padding"] = padding
+        j_kw["conv_cfg"] = replace(cfg.conv_cfg, padding=padding)
     if ratio:
         t_kw["transformer_partition_ratio"] = ratio
-        j_kw["transformer_cfg"] = replace(vitjax.get_spec(name).config().transformer_cfg, partition_ratio=ratio)
-    ref = timm_model(name, img_size=img_size, **t_kw)
-    model = ours(name, ref.state_dict(), img_size=img_size, **j_kw)
-    compare(name, ref, model, torch.randn(2, 3, *input_size), parity_results, f" img_size={img_size} in={input_size}")
+        j_kw["transformer_cfg"] = replace(cfg.transformer_cfg, partition_ratio=ratio)
+    ref = timm_model(name, **t_kw)
+    model = ours(name, ref.state_dict(), **j_kw)
+    compare(name, ref, model, torch.randn(2, 3, *input_size), parity_results, f" {t_kw} in={input_size}")
 
 
 @pytest.mark.parametrize(

@@ -221,15 +221,18 @@ class Downsample2d(nnx.Module):
 
 class Attention(nnx.Module):
     """Multi-head attention on tokens ``(B, N, C)`` (timm ``AttentionCl``; ``channels_last=False``: ``Attention2d``,
-    whose qkv/proj are 1x1 convs in timm, and which widens in qkv whenever ``expand_first``)."""
+    whose qkv/proj are 1x1 convs in timm, and which widens in qkv whenever ``expand_first``). ``head_first``
+    defaults to the config's; timm's T blocks leave it at True whatever the config says."""
 
     def __init__(self, dim: int, dim_out: int, cfg: MaxxVitTransformerCfg, rel_pos_size: tuple[int, int], *,
-                 channels_last: bool, expand_first: bool = True, rngs: nnx.Rngs):  # fmt: skip
+                 channels_last: bool, expand_first: bool = True, head_first: bool | None = None,
+                 rngs: nnx.Rngs):  # fmt: skip
         widen = expand_first and (dim_out > dim or not channels_last)
         dim_attn = dim_out if widen else dim
         if dim_attn % cfg.dim_head:
             raise ValueError(f"attention width {dim_attn} is not divisible by dim_head {cfg.dim_head}")
-        self.num_heads, self.dim_head, self.head_first = dim_attn // cfg.dim_head, cfg.dim_head, cfg.head_first
+        self.num_heads, self.dim_head = dim_attn // cfg.dim_head, cfg.dim_head
+        self.head_first = cfg.head_first if head_first is None else head_first
         self.qkv = Linear(dim, 3 * dim_attn, bias=cfg.attn_bias, axes=(EMBED, QKV), rngs=rngs)
         h, kind = self.num_heads, cfg.rel_pos_type
         if kind == "mlp":
@@ -384,7 +387,7 @@ class TransformerBlock2d(nnx.Module):
                 raise ValueError("a stride-1 transformer block keeps its width")
             self.shortcut, self.norm1 = None, _norm(cfg.norm_layer, dim, cfg.norm_eps, rngs)
         self.attn = Attention(
-            dim, dim_out, cfg, feat_size, channels_last=False, expand_first=cfg.expand_first, rngs=rngs
+            dim, dim_out, cfg, feat_size, channels_last=False, expand_first=cfg.expand_first, head_first=True, rngs=rngs
         )
         self.ls1 = layer_scale(dim_out, cfg.init_values)
         self.drop_path1 = DropPath(drop_path, ndim=4, rngs=rngs)
