@@ -324,3 +324,39 @@ def test_refused_input_sizes(name, img_size, input_size, match):
     model = ours(name, ref.state_dict(), img_size=img_size)
     with pytest.raises(ValueError, match=match):
         model(np.zeros((1, *input_size, 3), np.float32))
+
+
+def test_train_mode_batchnorm_and_remat():
+    """Train mode: batch statistics and torch's running-statistics update (BatchNorm in the stem, the MBConv
+    blocks and, as in coatnet_bn_0_rw, the transformer blocks) match timm after one step; gradient checkpointing
+    leaves the gradients alone."""
+    name = "test_coatnet"
+    tcfg = replace(vitjax.get_spec(name).config().transformer_cfg, norm_layer="batchnorm2d")
+    ref = timm_model(name, img_size=REDUCED, transformer_norm_layer="batchnorm2d").train()
+    model = ours(name, ref.state_dict(), img_size=REDUCED, transformer_cfg=tcfg)
+    model.train()
+    x = torch.randn(4, 3, *REDUCED)
+    with torch.no_grad():
+        want = ref(x)
+    assert rel_err(model(nchw_to_nhwc(x)), want) <= TOL
+    after, ref_sd = converters.to_torch(model), ref.state_dict()
+    stats = [k for k in after if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(stats) == 3 * 14  # stem, 2 MBConv x 3, 3 T blocks x 2, final norm
+    for k in stats:
+        if k.endswith("num_batches_tracked"):
+            assert after[k] == ref_sd[k].numpy() == 1, k
+        else:
+            np.testing.assert_allclose(after[k], ref_sd[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+    xj = nchw_to_nhwc(x[:2])
+
+    def loss(m):
+        return jax.numpy.sum(m(xj) ** 2)
+
+    model.eval()
+    g0 = nnx.jit(nnx.grad(loss))(model)
+    model.set_grad_checkpointing(True)
+    g1 = nnx.jit(nnx.grad(loss))(model)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):  # recomputation reorders fp32 sums
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 1e-4 * max(np.abs(a).max(), 1e-3)
