@@ -195,6 +195,7 @@ def bench_model(case: dict, args: argparse.Namespace) -> dict:
             except Exception:
                 out["errors"][f"{label} {task}"] = traceback.format_exc(limit=-3)
                 print(f"!! {label} {task} failed for {case['name']}", flush=True)
+        load_before = os.getloadavg()[0]
         try:
             times = alternate(steps, args.rounds, args.min_time)
         except Exception:
@@ -215,6 +216,7 @@ def bench_model(case: dict, args: argparse.Namespace) -> dict:
             "rounds": times,
             "images_per_s": {k: batch / v for k, v in med.items()},
             "compile_s": compile_s,
+            "load_avg_1min": [load_before, os.getloadavg()[0]],  # before / after: above the core count = contended
         }
         print(f"   {case['name']} {task} b{batch}: " + _fmt_rates(out["tasks"][task]), flush=True)
     return out
@@ -328,6 +330,12 @@ def tables(res: dict) -> str:
         + f" -> peak {pk['peak_gflops']:.1f} GFLOP/s"
         + (f"; data-sheet {gpu} bf16 dense {spec} TFLOP/s" if spec else "")
     )
+    loads = [v for m in res["models"] for t in m["tasks"].values() for v in t.get("load_avg_1min", [])]
+    if loads:
+        lines.append(
+            f"1-minute load average around the timed runs: {min(loads):.2f} to {max(loads):.2f} "
+            f"({res['env']['cores']} cores; above that count the machine was shared)"
+        )
     lines.append("")
     head = ["model", "task", "batch", "GFLOP/img", "vitjax img/s"]
     for s in sides:
