@@ -4,6 +4,9 @@ full precision for parity."""
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# libtpu (the `tpu` extra, for train.aot's ahead-of-time TPU compiles) makes every jax process probe for a TPU;
+# tests run on the CPU and reach TPU topologies through get_topology_desc, which needs no TPU backend
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax  # noqa: E402
