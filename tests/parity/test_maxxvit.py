@@ -212,6 +212,8 @@ CONFIG_PATHS = [  # (name, timm kwargs, conv_cfg fields, transformer_cfg fields)
     ("test_coatnet", dict(conv_pool_type="avg", conv_downsample_pool_type="avg"),
      dict(pool_type="avg", downsample_pool_type="avg"), {}),  # 3x3 avg pools without the padding in the mean
     ("test_coatnet", dict(conv_stride_mode="1x1"), dict(stride_mode="1x1"), {}),  # strided 1x1 expansion
+    ("test_coatnet", dict(conv_padding="same", conv_pool_type="max", conv_downsample_pool_type="avg"),
+     dict(padding="same", pool_type="max", downsample_pool_type="avg"), {}),  # 3x3 pools with TF 'SAME' padding
     ("test_coatnet", dict(transformer_head_first=False), {}, dict(head_first=False)),  # T blocks stay head-first
     ("test_maxvit", dict(transformer_rel_pos_type="mlp", transformer_rel_pos_dim=64),
      {}, dict(rel_pos_type="mlp", rel_pos_dim=64)),  # M blocks with MLP relative positions

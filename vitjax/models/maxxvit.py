@@ -57,10 +57,10 @@ from vitjax.layers import (
 )
 from vitjax.layers.attention import merge_heads
 from vitjax.layers.channels import make_divisible
-from vitjax.layers.conv import conv_out_size, create_conv2d
+from vitjax.layers.conv import conv_out_size, create_conv2d, pad_same
 from vitjax.layers.partition import grid_partition, grid_reverse, window_partition, window_reverse
-from vitjax.layers.pool import avg_pool2d, global_pool, max_pool2d, pool_feat_mult
 from vitjax.layers.rel_pos_tf import RelPosBiasTf
+from vitjax.layers.spatial_pool import avg_pool2d, avg_pool2d_same, global_pool, global_pool_mult, max_pool2d
 from vitjax.layers.squeeze_excite import SEModule
 from vitjax.models.common import ClassifierMixin, feature_take_indices, run_block
 from vitjax.registry import variants
@@ -211,8 +211,9 @@ class Downsample2d(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kind, k, pad = _POOL[self.pool_type]
-        pad = "same" if self.padding == "same" else pad
-        if kind == "max":
+        if self.padding == "same":  # TF 'SAME' padding outside the pool: zeros count in the mean, -inf for max
+            x = max_pool2d(pad_same(x, k, 2, value=-jnp.inf), k, 2) if kind == "max" else avg_pool2d_same(x, k, 2)
+        elif kind == "max":
             x = max_pool2d(x, k, 2, pad)
         else:  # timm's 3x3 avg pool excludes the padding from the mean
             x = avg_pool2d(x, k, 2, pad, count_include_pad=k == 2)
@@ -541,7 +542,7 @@ class ClassifierHead(nnx.Module):
 
     def __init__(self, dim: int, num_classes: int, pool_type: str, drop_rate: float, *, rngs: nnx.Rngs):
         self.pool_type = pool_type
-        self.num_features = dim * pool_feat_mult(pool_type)
+        self.num_features = dim * global_pool_mult(pool_type)
         self.drop = Dropout(drop_rate, rngs=rngs)
         self.fc = Linear(self.num_features, num_classes, axes=(EMBED, CLASSES), rngs=rngs) if num_classes > 0 else None
 
