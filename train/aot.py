@@ -14,8 +14,8 @@ over compiled FLOPs, which include recomputation under remat); the count and vol
 optimised HLO; host callbacks or host transfers inside the step (there should be none); and, for multi-host
 topologies, the number of hosts and the batch each process feeds. Exit status 1 when it does not fit.
 
-``--find-batch`` doubles the global batch from ``--batch-size`` until it no longer fits (or halves it until it
-does), then bisects, and reports the largest that fits; each try is one TPU compile.
+``--find-batch`` reports the largest global batch that fits, searching from ``--batch-size`` along the (nearly
+affine) memory-versus-batch line of the compiles so far; each try is one TPU compile (see :func:`find_batch`).
 
 Chip data (:data:`CHIPS`) are Google's published per-chip figures: bf16 dense peak and HBM capacity.
 """
@@ -459,49 +459,67 @@ def format_report(r: Report) -> str:
 def find_batch(
     cfg: TrainConfig, topo: Topology, *, limit: int = 1 << 16, granularity: int = 0, log=print
 ) -> tuple[int, Report]:
-    """The largest global batch that fits, a multiple of data x fsdp x grad-accum (the unit): from
-    ``cfg.batch_size`` doubling up to the first that does not fit (or halving down to the first that does), then
-    bisecting until the bracket is no wider than ``granularity`` examples (default: the unit). Returns the batch
-    (0 when not even one unit fits) and the report of the largest batch compiled that fits (else the smallest
+    """The largest global batch that fits, a multiple of data x fsdp x grad-accum (the unit), searched with as few
+    compiles as possible (each is minutes for a real model). Per-device memory is close to affine in the batch
+    (fixed parameter and optimizer shards plus activations per example), so the next batch tried is where the
+    line through the last two compiled points meets the HBM (the first guess scales the batch of ``--batch-size``
+    by HBM / memory, which undershoots when there is a fixed part). A guess at or beyond a known bound tries the
+    next batch beside it; after three guesses that leave the bracket open the search bisects, so it ends even
+    when memory is not affine. It stops when the bracket between the largest batch that fits and the smallest
+    that does not is no wider than ``granularity`` examples (default: one unit), or at ``limit``. Returns the
+    batch (0 when not even one unit fits) and the report of the largest batch that fits (else the smallest
     tried)."""
     import dataclasses
 
     probe = topology_mesh(cfg, topo)
     unit = probe.shape["data"] * probe.shape["fsdp"] * cfg.grad_accum_steps
     step = max(1, -(-granularity // unit)) if granularity else 1
-    cache: dict[int, Report] = {}
+    top = max(1, limit // unit)  # the largest multiple of the unit allowed
+    tried: dict[int, Report] = {}
 
-    def fits(k: int) -> bool:
+    def compile_at(k: int) -> Report:
         r = compile_report(dataclasses.replace(cfg, batch_size=k * unit), topo)
-        cache[k] = r
+        tried[k] = r
         log(f"  batch {k * unit}: {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} -> {'fits' if r.fits else 'no'}")
-        return r.fits
+        return r
 
-    k = max(1, cfg.batch_size // unit)
-    if fits(k):
-        lo, hi = k, None
-        while hi is None and lo * 2 * unit <= limit:
-            if fits(lo * 2):
-                lo *= 2
-            else:
-                hi = lo * 2
-    else:
-        lo, hi = 0, k
-        while lo == 0 and hi > 1:
-            if fits(hi // 2):
-                lo = hi // 2
-            else:
-                hi //= 2
-        if lo == 0:
-            return 0, cache[min(cache)]
-    if hi is not None:
-        while hi - lo > step:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid
-    return lo * unit, cache[lo]
+    def guess(lo: int, hi: int) -> int:
+        """Where memory reaches the HBM, from the two latest compiles that stated their memory."""
+        known = [(k, r.total_bytes, r.hbm_bytes) for k, r in tried.items() if r.total_bytes > 0]
+        if not known:
+            return 2 * lo if lo else hi // 2
+        if len(known) == 1:
+            k, total, hbm = known[0]
+            return int(k * hbm / total)
+        (k0, t0, hbm), (k1, t1, _) = known[-2:]
+        slope = (t1 - t0) / (k1 - k0)
+        if slope <= 0:
+            return 2 * lo if lo else hi // 2
+        return int(k1 + (hbm - t1) / slope)
+
+    k = min(top, max(1, cfg.batch_size // unit))
+    lo, hi = 0, top + 1  # largest k known to fit, smallest known not to (top + 1: beyond the limit)
+    secant = 3
+    while True:
+        if compile_at(k).fits:
+            lo = k
+        else:
+            hi = k
+        if hi - lo <= (step if lo else 1):
+            break
+        if secant > 0:
+            secant -= 1
+            k = guess(lo, hi)
+            if k <= lo:
+                k = lo + step  # the line says lo is the largest: try the next batch to close the bracket
+            elif k >= hi:
+                k = hi - step
+            k = max(lo + 1, min(k, hi - 1))
+        else:
+            k = (lo + hi) // 2
+    if lo == 0:
+        return 0, tried[min(tried)]
+    return lo * unit, tried[lo]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,23 +125,41 @@ def test_too_big_does_not_fit(capsys):
 
 
 def test_find_batch_search(topos, monkeypatch):
-    """Doubling then bisection over multiples of data x fsdp, with the compile replaced by a fit rule."""
+    """The search follows the memory line, with the compile replaced by a memory rule: it finds the same batch as
+    trying every multiple of data x fsdp, in a few compiles, also when memory is not affine in the batch."""
     tried = []
 
-    def fake(cfg, topo, **kw):
-        tried.append(cfg.batch_size)
-        fits = cfg.batch_size <= 44
-        return SimpleNamespace(fits=fits, total_bytes=cfg.batch_size, hbm_bytes=44, batch=cfg.batch_size)
+    def rule(memory, hbm):
+        def fake(cfg, topo, **kw):
+            tried.append(cfg.batch_size)
+            need = memory(cfg.batch_size)
+            return SimpleNamespace(fits=need <= hbm, total_bytes=need, hbm_bytes=hbm, batch=cfg.batch_size)
 
-    monkeypatch.setattr(aot, "compile_report", fake)
-    cfg = parse_args([*TINY, "--mesh", "data=4", "--batch-size", "8", "--steps", "1"])
-    best, report = aot.find_batch(cfg, topos["v5e:2x2"], log=lambda s: None)
-    assert best == 44 and report.batch == 44
-    assert tried == [8, 16, 32, 64, 48, 40, 44]
-    tried.clear()
-    best, _ = aot.find_batch(dataclasses.replace(cfg, batch_size=256), topos["v5e:2x2"], log=lambda s: None)
-    assert best == 44 and tried[:3] == [256, 128, 64]
+        return fake
+
+    def search(memory, hbm, start=8, **kw):
+        tried.clear()
+        monkeypatch.setattr(aot, "compile_report", rule(memory, hbm))
+        cfg = parse_args([*TINY, "--mesh", "data=4", "--batch-size", str(start), "--steps", "1"])
+        best, report = aot.find_batch(cfg, topos["v5e:2x2"], log=lambda s: None, **kw)
+        brute = max((b for b in range(4, kw.get("limit", 1 << 16) + 1, 4) if memory(b) <= hbm), default=0)
+        return best, report, brute
+
+    best, report, brute = search(lambda b: b, 44)  # proportional: the first guess is exact
+    assert best == brute == 44 and report.batch == 44 and tried == [8, 44, 48]
+    best, report, brute = search(lambda b: 1000 + 3 * b, 4000, start=64)  # a fixed part: the line finds it
+    assert best == brute == 1000 and report.batch == 1000 and len(tried) <= 4
+    best, _, brute = search(lambda b: 1000 + 3 * b, 4000, start=4096)  # from above
+    assert best == brute == 1000 and len(tried) <= 5
+    stairs = lambda b: 512 * (1 + b // 100) + b * b // 50  # noqa: E731  not affine: steps and a curve
+    best, _, brute = search(stairs, 20000, start=16)
+    assert best == brute and len(tried) <= 10
+    best, _, brute = search(lambda b: b, 1 << 30, limit=256)  # everything fits: stops at the limit
+    assert best == brute == 256
+    best, _, brute = search(lambda b: 1000 + b, 4000, granularity=64)  # a coarser bracket
+    assert brute - 64 < best <= brute == 3000
     monkeypatch.setattr(
         aot, "compile_report", lambda cfg, topo, **kw: SimpleNamespace(fits=False, total_bytes=1, hbm_bytes=0)
     )
+    cfg = parse_args([*TINY, "--mesh", "data=4", "--batch-size", "8", "--steps", "1"])
     assert aot.find_batch(cfg, topos["v5e:2x2"], log=lambda s: None)[0] == 0
