@@ -5,7 +5,6 @@ tensor-parallel presets; the reports are checked for fit, FLOPs, collectives and
 
 from __future__ import annotations
 
-import dataclasses
 from types import SimpleNamespace
 
 import jax
