@@ -67,6 +67,10 @@ CHIPS: dict[str, Chip] = {
     "v6e": Chip("TPU v6e", 918e12, 32 * GiB),
 }
 # v4 and v5p chips have two TensorCores; run as one device per chip ("megacore"), as TPU VMs do by default.
+# --find-batch aims its guesses a little under the HBM: the compiler's memory is not exactly affine in the batch
+# (its scheduling and fusion change with the shapes), and v5e refuses programs above 15.75 of 16 GiB.
+AIM = 0.97
+
 _MEGACORE = ("v4", "v5p")
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -459,16 +463,17 @@ def format_report(r: Report) -> str:
 def find_batch(
     cfg: TrainConfig, topo: Topology, *, limit: int = 1 << 16, granularity: int = 0, log=print
 ) -> tuple[int, Report]:
-    """The largest global batch that fits, a multiple of data x fsdp x grad-accum (the unit), searched with as few
-    compiles as possible (each is minutes for a real model). Per-device memory is close to affine in the batch
-    (fixed parameter and optimizer shards plus activations per example), so the next batch tried is where the
-    line through the last two compiled points meets the HBM (the first guess scales the batch of ``--batch-size``
-    by HBM / memory, which undershoots when there is a fixed part). A guess at or beyond a known bound tries the
-    next batch beside it; after three guesses that leave the bracket open the search bisects, so it ends even
-    when memory is not affine. It stops when the bracket between the largest batch that fits and the smallest
-    that does not is no wider than ``granularity`` examples (default: one unit), or at ``limit``. Returns the
-    batch (0 when not even one unit fits) and the report of the largest batch that fits (else the smallest
-    tried)."""
+    """The largest global batch that fits, a multiple of data x fsdp x grad-accum (the unit), searched with few
+    compiles (each takes minutes for a real model). Per-device memory is roughly affine in the batch (parameter
+    and optimizer shards plus activations per example), so the next batch tried is where the line through the two
+    latest compiles that fit meets ``AIM`` of the HBM (the first guess scales ``--batch-size`` by HBM / memory). A
+    guess inside a bracket keeps a quarter of it on each side; a guess at or below the largest that fits aims at
+    the full HBM, else tries the next batch. The TPU compiler's memory scatters by a few percent around the line
+    (its scheduling changes with the shapes), so after four guesses the search gallops up from the largest batch
+    that fits (when no batch has failed yet) and bisects, which ends whatever the memory does. It stops when the
+    bracket between the largest batch that fits and the smallest that does not is no wider than ``granularity``
+    examples (default: one unit), or at ``limit``. Returns the batch (0 when not even one unit fits) and the
+    report of the largest batch that fits (else the smallest tried)."""
     import dataclasses
 
     probe = topology_mesh(cfg, topo)
@@ -483,23 +488,26 @@ def find_batch(
         log(f"  batch {k * unit}: {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} -> {'fits' if r.fits else 'no'}")
         return r
 
-    def guess(lo: int, hi: int) -> int:
-        """Where memory reaches the HBM, from the two latest compiles that stated their memory."""
-        known = [(k, r.total_bytes, r.hbm_bytes) for k, r in tried.items() if r.total_bytes > 0]
+    def guess(lo: int, hi: int, aim: float) -> int:
+        """Where memory reaches ``aim`` of the HBM on the line through the two latest compiles that fit (else the
+        two latest that state their memory; an out-of-memory refusal states only what the compiler wanted)."""
+        known = [(k, r.total_bytes, r.hbm_bytes * aim) for k, r in tried.items() if r.total_bytes > 0]
+        fitting = [p for p in known if tried[p[0]].fits]
+        known = fitting if len(fitting) >= 2 else known
         if not known:
             return 2 * lo if lo else hi // 2
         if len(known) == 1:
-            k, total, hbm = known[0]
-            return int(k * hbm / total)
-        (k0, t0, hbm), (k1, t1, _) = known[-2:]
+            k, total, target = known[0]
+            return int(k * target / total)
+        (k0, t0, target), (k1, t1, _) = known[-2:]
         slope = (t1 - t0) / (k1 - k0)
         if slope <= 0:
             return 2 * lo if lo else hi // 2
-        return int(k1 + (hbm - t1) / slope)
+        return int(k1 + (target - t1) / slope)
 
     k = min(top, max(1, cfg.batch_size // unit))
     lo, hi = 0, top + 1  # largest k known to fit, smallest known not to (top + 1: beyond the limit)
-    secant = 3
+    secant, gallop = 4, 0
     while True:
         if compile_at(k).fits:
             lo = k
@@ -509,14 +517,18 @@ def find_batch(
             break
         if secant > 0:
             secant -= 1
-            k = guess(lo, hi)
-            if k <= lo:
-                k = lo + step  # the line says lo is the largest: try the next batch to close the bracket
-            elif k >= hi:
-                k = hi - step
+            k = guess(lo, hi, AIM)
+            if k <= lo:  # aiming at the full HBM, else the next batch, to close the bracket
+                k = max(guess(lo, hi, 1.0), lo + step)
+            elif hi <= top and lo:  # inside a bracket: keep a quarter of it on each side, so it shrinks anyway
+                margin = max(1, (hi - lo) // 4)
+                k = min(max(k, lo + margin), hi - margin)
             k = max(lo + 1, min(k, hi - 1))
         else:
-            k = (lo + hi) // 2
+            if hi <= top:
+                k = (lo + hi) // 2
+            else:  # no upper bound yet: gallop up from the largest that fits
+                k, gallop = min(top, lo + step * 2**gallop), gallop + 1
     if lo == 0:
         return 0, tried[min(tried)]
     return lo * unit, tried[lo]

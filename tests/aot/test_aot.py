@@ -144,15 +144,21 @@ def test_find_batch_search(topos, monkeypatch):
         brute = max((b for b in range(4, kw.get("limit", 1 << 16) + 1, 4) if memory(b) <= hbm), default=0)
         return best, report, brute
 
-    best, report, brute = search(lambda b: b, 44)  # proportional: the first guess is exact
-    assert best == brute == 44 and report.batch == 44 and tried == [8, 44, 48]
+    best, report, brute = search(lambda b: b, 44)  # proportional
+    assert best == brute == 44 and report.batch == 44 and len(tried) <= 4
     best, report, brute = search(lambda b: 1000 + 3 * b, 4000, start=64)  # a fixed part: the line finds it
-    assert best == brute == 1000 and report.batch == 1000 and len(tried) <= 4
+    assert best == brute == 1000 and report.batch == 1000 and len(tried) <= 5
     best, _, brute = search(lambda b: 1000 + 3 * b, 4000, start=4096)  # from above
     assert best == brute == 1000 and len(tried) <= 5
     stairs = lambda b: 512 * (1 + b // 100) + b * b // 50  # noqa: E731  not affine: steps and a curve
     best, _, brute = search(stairs, 20000, start=16)
     assert best == brute and len(tried) <= 10
+    # as the TPU compiler does: near-affine with a few percent of scatter from its scheduling choices, monotonic
+    # only on average (a batch that fits can be above one that does not); the search returns a batch that fits
+    # with the next multiple of the granularity not fitting
+    noisy = lambda b: 1000 + 10 * b + (b * 7919 % 13) * 40  # noqa: E731
+    best, report, _ = search(noisy, 16000, start=256)
+    assert noisy(best) <= 16000 < noisy(best + 4) and len(tried) <= 10
     best, _, brute = search(lambda b: b, 1 << 30, limit=256)  # everything fits: stops at the limit
     assert best == brute == 256
     best, _, brute = search(lambda b: 1000 + b, 4000, granularity=64)  # a coarser bracket
