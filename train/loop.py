@@ -36,6 +36,7 @@ from train.checkpoint import Checkpointer
 from train.config import TrainConfig
 from train.metrics import MetricsWriter, Progress, plot_curves
 from train.steps import make_eval_step, make_train_step
+from vitjax.xla_cpu import compiler_options
 
 _CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
 
@@ -249,19 +250,23 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
 
     rep = mesh_lib.replicated(mesh)
     bsh = mesh_lib.batch_sharding(mesh)
-    xla = state_lib.RUN_ONCE if cfg.fast_compile else None
+    # on the CPU, the options that keep the backward pass linear in depth (vitjax.xla_cpu)
+    xla = {
+        **(compiler_options(mesh.devices.flat[0].platform) or {}),
+        **(state_lib.RUN_ONCE if cfg.fast_compile else {}),
+    }
     train_step = jax.jit(
         keyed_step,
         in_shardings=(sh, {"image": bsh, "label": bsh}),
         out_shardings=(sh, rep),
         donate_argnums=0,
-        compiler_options=xla,
+        compiler_options=xla or None,
     )
     eval_fn = jax.jit(
         make_eval_step(parts.eval_def, parts.rest, mean=mean, std=std, compute_dtype=dtype),
         in_shardings=(sh.params, sh.batch_stats, {"image": bsh, "label": bsh, "valid": bsh}),
         out_shardings=rep,
-        compiler_options=xla,
+        compiler_options=xla or None,
     )
     eval_data = data_lib.eval_batches(
         data,

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
+from vitjax.xla_cpu import grad_boundary
+
 
 class ClassifierMixin:
     """``model(x) == model.forward_head(model.forward_features(x))``, as in timm."""
@@ -43,5 +45,7 @@ _remat_call = nnx.remat(_call_block)
 
 def run_block(block: nnx.Module, x: jax.Array, *args, remat: bool = False) -> jax.Array:
     """Call a block, rematerialising its activations in the backward pass when ``remat`` (timm's
-    gradient checkpointing)."""
+    gradient checkpointing). The input passes through :func:`vitjax.xla_cpu.grad_boundary`, which keeps the
+    backward pass linear in depth on the CPU."""
+    x = grad_boundary(x)
     return _remat_call(block, x, *args) if remat else block(x, *args)
