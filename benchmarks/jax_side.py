@@ -18,8 +18,14 @@ from flax import nnx
 from jax import numpy as jnp
 
 import vitjax
+from vitjax.xla_cpu import CPU_COMPILER_OPTIONS
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+# XLA:CPU compiler options the vitjax side uses on the CPU (``--xla-defaults`` turns them off): those that
+# ``python -m train`` passes, which keep the backward pass linear in depth (see vitjax/xla_cpu.py). XLA's default
+# dot/conv path (YNNPACK, "ynn_fusion") is kept: turning it off (``xla_cpu_experimental_ynn_fusion_type=``) made
+# vit_relpos_base inference 5% faster and halonet50ts training 30% slower on one core here.
+CPU_OPTIONS = dict(CPU_COMPILER_OPTIONS)
 
 
 @dataclass
@@ -46,13 +52,15 @@ def images(batch: int, hw: tuple[int, int], chans: int, dtype, seed: int = 0) ->
     return jnp.asarray(x, dtype)
 
 
-def _aot(fn: Callable, *args, donate: tuple[int, ...] = ()) -> tuple[jax.stages.Compiled, float, float, float]:
+def _aot(
+    fn: Callable, *args, donate: tuple[int, ...] = (), options: dict | None = None
+) -> tuple[jax.stages.Compiled, float, float, float]:
     """(compiled, seconds to lower and compile, FLOPs counted in the compiled executable and in the HLO before
     optimisation). On an accelerator the compiled count leaves out library calls (cuBLAS / cuDNN), so both
     counts come from the same program lowered for the CPU (the FLOPs do not depend on where it runs)."""
     t0 = time.perf_counter()
     lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=options or None)
     seconds = time.perf_counter() - t0
     if jax.default_backend() == "cpu":
         return compiled, seconds, counted_flops(compiled), counted_flops(lowered)
@@ -71,8 +79,8 @@ def build(case: dict) -> nnx.Module:
     return vitjax.create_model(case["name"], **case["overrides"])
 
 
-def infer_step(model: nnx.Module, case: dict, batch: int, dtype: str = "fp32") -> Step:
-    """Forward pass of an eval-mode model (weights and inputs in ``dtype``)."""
+def infer_step(model: nnx.Module, case: dict, batch: int, dtype: str = "fp32", options: dict | None = None) -> Step:
+    """Forward pass of an eval-mode model (weights and inputs in ``dtype``); ``options``: XLA compiler options."""
     graphdef, state = nnx.split(model)
     state = cast_floats(state, DTYPES[dtype])
     x = images(batch, case["hw"], case["in_chans"], DTYPES[dtype])
@@ -80,12 +88,18 @@ def infer_step(model: nnx.Module, case: dict, batch: int, dtype: str = "fp32") -
     def forward(state, x):
         return nnx.merge(graphdef, state)(x)
 
-    compiled, seconds, flops, hlo = _aot(forward, state, x)
+    compiled, seconds, flops, hlo = _aot(forward, state, x, options=options)
     return Step(lambda: compiled(state, x).block_until_ready(), seconds, flops, hlo)
 
 
 def train_step(
-    model: nnx.Module, case: dict, batch: int, dtype: str = "fp32", lr: float = 1e-4, copy: bool = True
+    model: nnx.Module,
+    case: dict,
+    batch: int,
+    dtype: str = "fp32",
+    lr: float = 1e-4,
+    copy: bool = True,
+    options: dict | None = None,
 ) -> Step:
     """One training step: forward, softmax cross-entropy, backward, ``clip_by_global_norm(1)``, AdamW.
 
@@ -126,7 +140,7 @@ def train_step(
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, new_rest, loss
 
-    compiled, seconds, flops, hlo = _aot(step, params, opt_state, rest, x, y, donate=(0, 1, 2))
+    compiled, seconds, flops, hlo = _aot(step, params, opt_state, rest, x, y, donate=(0, 1, 2), options=options)
     carry = [params, opt_state, rest]
 
     def call():
@@ -136,11 +150,11 @@ def train_step(
     return Step(call, seconds, flops, hlo)
 
 
-def matmul_gflops(n: int, dtype: str, min_time: float) -> float:
-    """Sustained GFLOP/s of an n x n x n matmul under ``jax.jit`` (chained so no call is skipped)."""
+def matmul_gflops(n: int, dtype: str, min_time: float, options: dict | None = None) -> float:
+    """Sustained GFLOP/s of an n x n x n matmul under ``jax.jit``."""
     a = images(1, (n, n), 1, DTYPES[dtype])[0, :, :, 0]  # n, n
     b = images(1, (n, n), 1, DTYPES[dtype], seed=1)[0, :, :, 0]  # n, n
-    mm = jax.jit(lambda a, b: a @ b)  # n, n
+    mm = jax.jit(lambda a, b: a @ b).lower(a, b).compile(compiler_options=options or None)  # n, n
     mm(a, b).block_until_ready()
     count, t0 = 0, time.perf_counter()
     while count < 2 or time.perf_counter() - t0 < min_time:

@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-convert", action="store_true", help="skip the conversion benchmark")
     p.add_argument("--convert-models", nargs="*", help=f"checkpoints to convert (default: {CONVERT_MODELS})")
     p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS, set before jax is imported")
+    p.add_argument(
+        "--xla-defaults",
+        action="store_true",
+        help="compile vitjax with XLA's default options only (on cpu the benchmark otherwise uses "
+        "benchmarks.jax_side.CPU_OPTIONS, the options python -m train uses)",
+    )
     p.add_argument("--json", help="output file (default: benchmarks/results_<device>.json)")
     p.add_argument("--markdown", help="also write the tables to this markdown file")
     args = p.parse_args(argv)
@@ -148,9 +154,10 @@ def measure_peak(args: argparse.Namespace) -> dict:
 
     device = torch.device("cuda" if args.device == "gpu" else "cpu")
     n, dtype = args.peak_n, args.dtype
+    options = xla_options(args)
     calls = {
         "torch": lambda: torch_side.matmul_gflops(n, dtype, device, args.min_time),
-        "jax": lambda: jax_side.matmul_gflops(n, dtype, args.min_time),
+        "jax": lambda: jax_side.matmul_gflops(n, dtype, args.min_time, options),
     }
     rates: dict[str, list[float]] = {k: [] for k in calls}
     for r in range(max(2, args.rounds)):
@@ -166,6 +173,7 @@ def bench_model(case: dict, args: argparse.Namespace) -> dict:
     from benchmarks import jax_side, torch_side
 
     device = torch.device("cuda" if args.device == "gpu" else "cpu")
+    options = xla_options(args)
     out: dict[str, Any] = {"name": case["name"], "hw": case["hw"], "tasks": {}, "errors": {}}
     jmodel = jax_side.build(case)
     tmodel = torch_side.build(case["torch"])
@@ -176,9 +184,9 @@ def bench_model(case: dict, args: argparse.Namespace) -> dict:
         steps, compile_s, flops = {}, {}, float("nan")
         try:
             if train:
-                jstep = jax_side.train_step(jmodel, case, batch, args.dtype)
+                jstep = jax_side.train_step(jmodel, case, batch, args.dtype, options=options)
             else:
-                jstep = jax_side.infer_step(jmodel, case, batch, args.dtype)
+                jstep = jax_side.infer_step(jmodel, case, batch, args.dtype, options=options)
         except Exception:
             out["errors"][f"vitjax {task}"] = traceback.format_exc(limit=-3)
             print(f"!! vitjax {task} failed for {case['name']}:\n{out['errors'][f'vitjax {task}']}", flush=True)
@@ -238,6 +246,12 @@ def run_worker(job: dict, timeout: float = 3600) -> dict:
     raise RuntimeError(f"worker {job['job']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
+def xla_options(args: argparse.Namespace) -> dict | None:
+    from benchmarks import jax_side
+
+    return jax_side.CPU_OPTIONS if args.device == "cpu" and not args.xla_defaults else None
+
+
 def bench_memory(case: dict, args: argparse.Namespace) -> dict:
     out: dict[str, Any] = {}
     for task in ("infer", "train"):
@@ -245,7 +259,8 @@ def bench_memory(case: dict, args: argparse.Namespace) -> dict:
         for side in ("jax", "torch"):
             key = f"{'vitjax' if side == 'jax' else 'torch'} {task}"
             try:
-                out[key] = run_worker(dict(job="memory", side=side, task=task, batch=batch, case=case))
+                job = dict(job="memory", side=side, task=task, batch=batch, case=case, xla_options=xla_options(args))
+                out[key] = run_worker(job)
             except Exception as e:
                 out[key] = {"error": str(e)}
                 print(f"!! memory {key} failed for {case['name']}: {e}", flush=True)
@@ -263,7 +278,7 @@ def bench_convert(case: dict) -> dict[str, dict]:
             res = run_worker(dict(job="convert", case=case, path=path, source=case["source"], reader=reader))
             res["checkpoint_bytes"] = size
             res["peak_over_size"] = (res["peak_rss"] - res["rss_before"]) / size
-            res["anon_over_size"] = (res["peak_anon"] - res["rss_before"]) / size
+            res["anon_over_size"] = (res["peak_anon"] - res["anon_before"]) / size
             out[reader] = res
     return out
 
@@ -295,6 +310,9 @@ def environment(args: argparse.Namespace) -> dict:
         "torch_threads": torch.get_num_threads(),
         "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_compiler_options": None
+        if args.device != "cpu" or args.xla_defaults
+        else "benchmarks.jax_side.CPU_OPTIONS",
         "load_avg_start": os.getloadavg(),
         "args": {k: v for k, v in vars(args).items()},
     }
@@ -381,7 +399,7 @@ def tables(res: dict) -> str:
         lines += [
             "",
             "| checkpoint | reader | size (MiB) | wall (s) | peak RSS (MiB) | RSS before (MiB) | "
-            "(peak - before) / size | of which anonymous / size |",
+            "(peak - before) / size | anonymous (peak - before) / size |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, runs in res["convert"].items():

@@ -103,10 +103,11 @@ def memory(job: dict) -> dict:
 
         base = rss_bytes()
         model = side.build(case)
+        options = job.get("xla_options")
         if task == "infer":
-            step = side.infer_step(model, case, batch)
+            step = side.infer_step(model, case, batch, options=options)
         else:
-            step = side.train_step(model, case, batch, copy=False)
+            step = side.train_step(model, case, batch, copy=False, options=options)
     else:
         import torch
 
@@ -141,7 +142,7 @@ def convert(job: dict) -> dict:
 
     case = job["case"]
     jax.numpy.zeros(()).block_until_ready()  # start the backend before the baseline
-    base = rss_bytes()
+    base, anon_base = rss_bytes(), _status_kib("RssAnon") * 1024
     sampler = Sampler()
     sampler.start()
     t0 = time.perf_counter()
@@ -155,6 +156,7 @@ def convert(job: dict) -> dict:
         "seconds": seconds,
         "peak_rss": peak_rss_bytes(),
         "rss_before": base,
+        "anon_before": anon_base,
         "rss_after": rss_bytes(),
         "peak_anon": peaks["anon"],
         "peak_file": peaks["file"],
