@@ -146,6 +146,17 @@ class Built:
     img_size: int
     num_classes: int
     compute_dtype: object
+    step: object = None  # the step function before jax.jit
+
+
+def program_flops(built: Built) -> float:
+    """FLOPs of one step as the program asks for them, globally and with remat's recomputation: XLA's cost
+    analysis of the unoptimised, unpartitioned step lowered on the host. (The TPU executable's own count is per
+    device and counts each loop body once, and the TPU compiler turns FSDP's gathered matmuls into loops of
+    collective-permutes.)"""
+    plain = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), built.args)
+    cost = jax.jit(built.step).lower(*plain).cost_analysis()
+    return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
 def build(cfg: TrainConfig, topo: Topology, *, total_steps: int) -> Built:
@@ -219,7 +230,7 @@ def build(cfg: TrainConfig, topo: Topology, *, total_steps: int) -> Built:
         "image": jax.ShapeDtypeStruct((b, img_size, img_size, 3), jnp.uint8, sharding=bsh),
         "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bsh),
     }
-    return Built(jitted, (abstract, batch), mesh, parts, img_size, num_classes, dtype)
+    return Built(jitted, (abstract, batch), mesh, parts, img_size, num_classes, dtype, keyed_step)
 
 
 def forward_flops(built: Built, batch: int) -> float:
@@ -241,9 +252,12 @@ def forward_flops(built: Built, batch: int) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def _type_bytes(text: str) -> list[int]:
+def _type_bytes(text: str, arrays_only: bool = False) -> list[int]:
+    """Bytes of each array in an HLO type (a tuple gives several); ``arrays_only`` leaves out scalars."""
     out = []
     for dtype, dims in _ARRAY.findall(text):
+        if arrays_only and not dims:
+            continue
         n = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
         out.append(n * _DTYPE_BYTES.get(dtype, 4))
     return out
@@ -252,7 +266,8 @@ def _type_bytes(text: str) -> list[int]:
 def collectives(hlo: str) -> dict[str, dict[str, int]]:
     """``{op: {"count": n, "bytes": result bytes per device}}`` for each collective of the optimised HLO text.
 
-    Async ``*-start`` ops count once (their result tuple holds the operands, then the results). The TPU compiler
+    Async ``*-start`` ops count once (their result tuple holds the operands, then the results, then scalar
+    context such as a collective-permute's u32 sync flags, which is left out). The TPU compiler
     writes a reduce-scatter as an all-reduce fused with a dynamic slice, in a computation named
     ``all-reduce-scatter*``: that counts as one reduce-scatter with the computation's (sliced) result. Ops inside
     a loop body (gradient accumulation) are counted once."""
@@ -269,7 +284,7 @@ def collectives(hlo: str) -> dict[str, dict[str, int]]:
         m = _OP.search(line)
         if not m or (in_rs and m["op"] == "all-reduce"):
             continue
-        sizes = _type_bytes(m["type"])
+        sizes = _type_bytes(m["type"], arrays_only=bool(m["start"]))
         if m["start"] and m["op"] in ("all-gather", "collective-permute", "all-to-all") and len(sizes) > 1:
             sizes = sizes[len(sizes) // 2 :]
         out[m["op"]]["count"] += 1
@@ -315,6 +330,9 @@ class Report:
     host_transfers: list = field(default_factory=list)
     compile_s: float = 0.0
     compiler_error: str = ""  # the TPU compiler's out-of-memory message, when it refused the program
+    program_flops_per_step: float = float("nan")  # the unoptimised step's FLOPs (global; remat included)
+    loops: int = 0  # while loops in the optimised HLO (their bodies count once in the compiled FLOPs)
+    search: list = field(default_factory=list)  # --find-batch: [global batch, bytes per device, fits] per compile
 
 
 def _oom_bytes(message: str) -> int:
@@ -351,8 +369,10 @@ def compile_report(
         hbm_bytes=hbm,
     )
     t0 = time.perf_counter()
+    lowered = built.jitted.lower(*built.args)
+    program = program_flops(built) if model_flops else 0.0
     try:
-        compiled = built.jitted.lower(*built.args).compile()
+        compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -392,7 +412,7 @@ def compile_report(
     )
     flops_dev = float(cost.get("flops", 0.0))
     peak = topo.chip.bf16_flops / topo.devices_per_chip
-    step_time = flops_dev / peak if peak else float("nan")
+    step_time = max(flops_dev, program / n) / peak if peak else float("nan")
     mflops = 3.0 * forward_flops(built, cfg.batch_size) if model_flops else 0.0
     compiled_total = flops_dev * n
     return Report(
@@ -409,7 +429,9 @@ def compile_report(
         flops_per_step=compiled_total,
         model_flops_per_step=mflops,
         step_time_s=step_time,
-        mfu_bound=min(1.0, mflops / compiled_total) if compiled_total and mflops else float("nan"),
+        program_flops_per_step=program,
+        loops=len(re.findall(r"\bwhile\(", hlo)),
+        mfu_bound=min(1.0, mflops / program) if program and mflops else float("nan"),
         images_per_s_bound=cfg.batch_size / step_time if step_time else float("nan"),
         collectives=collectives(hlo),
         host_transfers=host_transfers(hlo),
@@ -446,9 +468,9 @@ def format_report(r: Report) -> str:
             if r.fits
             else f"DOES NOT FIT, short by {_gib(-r.headroom_bytes)}"
         ),
-        f"  compute: {r.flops_per_step / 1e12:.3f} TFLOP per step compiled "
-        f"({r.flops_per_device / 1e12:.4f} per device), "
-        f"model {r.model_flops_per_step / 1e12:.2f} TFLOP (3x forward)",
+        f"  compute: program {r.program_flops_per_step / 1e12:.3f} TFLOP per step (remat included), "
+        f"model {r.model_flops_per_step / 1e12:.2f} TFLOP (3x forward); compiled "
+        f"{r.flops_per_device / 1e12:.4f} TFLOP per device ({r.loops} loops, their bodies counted once)",
         f"  at bf16 peak: step >= {r.step_time_s * 1e3:.1f} ms, <= {r.images_per_s_bound:.0f} img/s, "
         f"MFU bound {r.mfu_bound:.1%}",
         "  collectives per step (per device): "
@@ -529,9 +551,29 @@ def find_batch(
                 k = (lo + hi) // 2
             else:  # no upper bound yet: gallop up from the largest that fits
                 k, gallop = min(top, lo + step * 2**gallop), gallop + 1
-    if lo == 0:
-        return 0, tried[min(tried)]
-    return lo * unit, tried[lo]
+    best = tried[lo] if lo else tried[min(tried)]
+    best.search = [[k * unit, r.total_bytes, r.fits] for k, r in tried.items()]
+    return lo * unit, best
+
+
+def table(reports: list[dict]) -> str:
+    """A markdown table of ``--find-batch`` reports (their ``--json`` files), one row each."""
+    lines = [
+        "| model | topology | hosts | mesh | global batch that fits (per chip) | smallest that does not | memory/chip "
+        "| FLOPs/step (remat incl.) | step at bf16 peak | MFU bound |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        fails = sorted(b for b, _, fits in r.get("search", []) if not fits and b > r["global_batch"])
+        mesh = ",".join(f"{k}={v}" for k, v in r["mesh"].items() if v > 1)
+        lines.append(
+            f"| {r['model']} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['hosts']} | {mesh} "
+            f"| {r['global_batch']} ({r['per_device_batch']}) | {fails[0] if fails else '-'} "
+            f"| {r['total_bytes'] / GiB:.2f} of {r['hbm_bytes'] / GiB:.0f} GiB "
+            f"| {r['program_flops_per_step'] / 1e12:.1f} TFLOP | {r['step_time_s'] * 1e3:.0f} ms "
+            f"| {r['mfu_bound']:.1%} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -540,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Compile the train step of `python -m train` for a TPU topology (no TPU needed) and report "
         "memory, FLOPs and collectives. Every flag of `python -m train` is accepted.",
     )
-    p.add_argument("--topology", required=True, help="e.g. v5e:2x2, v5e:4x4, v4:2x2x4, v5p:2x2x1")
+    p.add_argument("--topology", help="e.g. v5e:2x2, v5e:4x4, v4:2x2x4, v5p:2x2x1 (required unless --table)")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print a markdown table of --json reports and exit")
     p.add_argument("--find-batch", action="store_true", help="report the largest global batch that fits")
     p.add_argument("--max-batch", type=int, default=1 << 16, help="upper limit for --find-batch")
     p.add_argument(
@@ -552,6 +595,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.add_argument("--hlo", help="write the compiled (optimised) HLO text of the step to this file")
     ours, rest = p.parse_known_args(argv)
+    if ours.table:
+        reports = []
+        for path in ours.table:
+            with open(path) as f:
+                reports.append(json.load(f))
+        print(table(reports))
+        return 0
+    if not ours.topology:
+        p.error("--topology is required")
     if not any(a in rest for a in ("--steps", "--epochs")):
         rest += ["--steps", "10000"]  # only the lr schedule depends on it
     cfg = parse_args(rest)

@@ -5,6 +5,7 @@ tensor-parallel presets; the reports are checked for fit, FLOPs, collectives and
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import jax
@@ -104,6 +105,8 @@ def test_collective_parser():
             "  %all-gather-start = (f32[8]{0}, f32[32]{0}) all-gather-start(%p), dimensions={0}",
             "  %all-reduce.1 = f32[32]{0} all-reduce(%x), to_apply=%add",
             "  %a2a = (f32[2,4]{1,0}, f32[2,4]{1,0}) all-to-all(%y, %z), dimensions={0}",
+            "  %cp = (bf16[64,128]{1,0}, bf16[64,128]{1,0}, u32[], u32[]) collective-permute-start(%w), "
+            "source_target_pairs={{0,1},{1,2},{2,3},{3,0}}",
             "}",
         ]
     )
@@ -112,6 +115,7 @@ def test_collective_parser():
     assert c["all-gather"] == {"count": 1, "bytes": 32 * 4}
     assert c["all-reduce"] == {"count": 1, "bytes": 32 * 4}
     assert c["all-to-all"] == {"count": 1, "bytes": 2 * 2 * 4 * 4}
+    assert c["collective-permute"] == {"count": 1, "bytes": 64 * 128 * 2}  # the result, not the u32 flags
 
 
 def test_too_big_does_not_fit(capsys):
@@ -168,3 +172,16 @@ def test_find_batch_search(topos, monkeypatch):
     )
     cfg = parse_args([*TINY, "--mesh", "data=4", "--batch-size", "8", "--steps", "1"])
     assert aot.find_batch(cfg, topos["v5e:2x2"], log=lambda s: None)[0] == 0
+
+
+def test_program_flops_count_remat(topos):
+    """The MFU bound divides by the program's FLOPs (global, before optimisation), which include remat's
+    recomputation: about 3 forward passes without remat, up to 4 with. (The TPU executable's own count is per device
+    and counts loop bodies once.)"""
+    cfg = parse_args([*TINY, "--mesh", "fsdp=4", "--batch-size", "8", "--steps", "1"])
+    built = aot.build(cfg, topos["v5e:2x2"], total_steps=1)
+    fwd = aot.forward_flops(built, 8)
+    plain = aot.program_flops(built)
+    remat = aot.program_flops(aot.build(dataclasses.replace(cfg, remat=True), topos["v5e:2x2"], total_steps=1))
+    assert 2.8 < plain / fwd < 3.4, plain / fwd
+    assert 1.1 * plain < remat < 4.4 * fwd, (plain / fwd, remat / fwd)  # blocks recomputed (not embed and head)
