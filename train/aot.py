@@ -570,7 +570,7 @@ def table(reports: list[dict]) -> str:
             f"| {r['model']} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['hosts']} | {mesh} "
             f"| {r['global_batch']} ({r['per_device_batch']}) | {fails[0] if fails else '-'} "
             f"| {r['total_bytes'] / GiB:.2f} of {r['hbm_bytes'] / GiB:.0f} GiB "
-            f"| {r['program_flops_per_step'] / 1e12:.1f} TFLOP | {r['step_time_s'] * 1e3:.0f} ms "
+            f"| {r.get('program_flops_per_step', math.nan) / 1e12:.1f} TFLOP | {r['step_time_s'] * 1e3:.0f} ms "
             f"| {r['mfu_bound']:.1%} |"
         )
     return "\n".join(lines)
