@@ -109,6 +109,11 @@ def make_train_step(
     ema_decay_rate: float = 0.0,
     ema_warmup: bool = True,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    if num_classes <= 0:
+        raise ValueError(
+            "the model has no classifier (num_classes=0, e.g. a ViTModel backbone): pass --num-classes N to train it"
+        )
+
     def loss_fn(params, stats, x, y, key):
         model = nnx.merge(train_def, cast_floats(params, compute_dtype), stats, rest)
         nnx.reseed(model, dropout=key)

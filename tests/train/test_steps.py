@@ -178,3 +178,9 @@ def test_batchnorm_statistics_in_state_match_across_devices():
     ev = jax.jit(make_eval_step(eval_def, rest, mean=MEAN, std=STD))
     r = ev(s.params, s.batch_stats, {**placed, "valid": jnp.ones(16, jnp.int32)})
     assert float(r["count"]) == 16 and 0 <= float(r["top1"]) <= 16
+
+
+def test_backbone_without_classifier_is_refused():
+    """A model with no head (HF ViTModel, num_classes=0) gets a clear error, not a division by zero."""
+    with pytest.raises(ValueError, match="--num-classes"):
+        make_train_step(None, {}, None, None, num_classes=0, mean=(0.5,), std=(0.5,))
