@@ -1,8 +1,8 @@
 """vitjax: timm's vision models in JAX / Flax NNX (NHWC inputs)."""
 
-from vitjax import data, pretrained
+from vitjax import data, pretrained, xla_cpu
 from vitjax.pretrained import list_pretrained
 from vitjax.registry import create_model, get_spec, list_models
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "data", "get_spec", "list_models", "list_pretrained", "pretrained"]
+__all__ = ["create_model", "data", "get_spec", "list_models", "list_pretrained", "pretrained", "xla_cpu"]
