@@ -507,7 +507,8 @@ def find_batch(
     def compile_at(k: int) -> Report:
         r = compile_report(dataclasses.replace(cfg, batch_size=k * unit), topo)
         tried[k] = r
-        log(f"  batch {k * unit}: {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} -> {'fits' if r.fits else 'no'}")
+        need = _gib(r.total_bytes) if r.total_bytes >= 0 else "refused by the compiler (no size stated)"
+        log(f"  batch {k * unit}: {need} of {_gib(r.hbm_bytes)} -> {'fits' if r.fits else 'no'}")
         return r
 
     def guess(lo: int, hi: int, aim: float) -> int:
