@@ -18,14 +18,8 @@ from flax import nnx
 from jax import numpy as jnp
 
 import vitjax
-from vitjax.xla_cpu import CPU_COMPILER_OPTIONS
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
-# XLA:CPU compiler options the vitjax side uses on the CPU (``--xla-defaults`` turns them off): those that
-# ``python -m train`` passes, which keep the backward pass linear in depth (see vitjax/xla_cpu.py). XLA's default
-# dot/conv path (YNNPACK, "ynn_fusion") is kept: turning it off (``xla_cpu_experimental_ynn_fusion_type=``) made
-# vit_relpos_base inference 5% faster and halonet50ts training 30% slower on one core here.
-CPU_OPTIONS = dict(CPU_COMPILER_OPTIONS)
 
 
 @dataclass

@@ -146,7 +146,7 @@ class Built:
     img_size: int
     num_classes: int
     compute_dtype: object
-    step: object = None  # the step function before jax.jit
+    step: object  # the step function before jax.jit
 
 
 def program_flops(built: Built) -> float:
@@ -369,10 +369,8 @@ def compile_report(
         hbm_bytes=hbm,
     )
     t0 = time.perf_counter()
-    lowered = built.jitted.lower(*built.args)
-    program = program_flops(built) if model_flops else 0.0
     try:
-        compiled = lowered.compile()
+        compiled = built.jitted.lower(*built.args).compile()
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -412,6 +410,7 @@ def compile_report(
     )
     flops_dev = float(cost.get("flops", 0.0))
     peak = topo.chip.bf16_flops / topo.devices_per_chip
+    program = program_flops(built) if model_flops else 0.0
     step_time = max(flops_dev, program / n) / peak if peak else float("nan")
     mflops = 3.0 * forward_flops(built, cfg.batch_size) if model_flops else 0.0
     compiled_total = flops_dev * n
