@@ -146,7 +146,7 @@ class Built:
     img_size: int
     num_classes: int
     compute_dtype: object
-    step: object  # the step function before jax.jit
+    step: object  # the step function before jax.jit, without the mesh's activation constraints
 
 
 def program_flops(built: Built) -> float:
@@ -194,27 +194,35 @@ def build(cfg: TrainConfig, topo: Topology, *, total_steps: int) -> Built:
     abstract = state_lib.abstract_state(parts, tx, sh)
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
     data_cfg = vitjax.data.resolve_model_data_config(parts.model)
-    step_fn = make_train_step(
-        parts.train_def,
-        parts.rest,
-        tx,
-        lr_fn,
-        num_classes=num_classes,
-        mean=tuple(data_cfg["mean"]),
-        std=tuple(data_cfg["std"]),
-        compute_dtype=dtype,
-        label_smoothing=cfg.label_smoothing,
-        mixup_alpha=cfg.mixup,
-        cutmix_alpha=cfg.cutmix,
-        mix_prob=cfg.mixup_prob,
-        mix_switch_prob=cfg.mixup_switch_prob,
-        accum_steps=cfg.grad_accum_steps,
-        ema_decay_rate=cfg.model_ema_decay,
-        ema_warmup=cfg.model_ema_warmup,
-    )
 
-    def keyed_step(state, batch):  # as train.loop.run: the run's key folded with the step number
-        return step_fn(state, batch, jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step))
+    def keyed(constrain):
+        step_fn = make_train_step(
+            parts.train_def,
+            parts.rest,
+            tx,
+            lr_fn,
+            num_classes=num_classes,
+            mean=tuple(data_cfg["mean"]),
+            std=tuple(data_cfg["std"]),
+            compute_dtype=dtype,
+            label_smoothing=cfg.label_smoothing,
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            mix_prob=cfg.mixup_prob,
+            mix_switch_prob=cfg.mixup_switch_prob,
+            accum_steps=cfg.grad_accum_steps,
+            ema_decay_rate=cfg.model_ema_decay,
+            ema_warmup=cfg.model_ema_warmup,
+            constrain=constrain,
+        )
+
+        def keyed_step(state, batch):  # as train.loop.run: the run's key folded with the step number
+            return step_fn(state, batch, jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step))
+
+        return keyed_step
+
+    # the step for the topology pins activations to its mesh; the host-side copy (program FLOPs) cannot
+    keyed_step, host_step = keyed(mesh_lib.activation_constraint(mesh)), keyed(None)
 
     rep = mesh_lib.replicated(mesh)
     bsh = mesh_lib.batch_sharding(mesh)
@@ -230,7 +238,7 @@ def build(cfg: TrainConfig, topo: Topology, *, total_steps: int) -> Built:
         "image": jax.ShapeDtypeStruct((b, img_size, img_size, 3), jnp.uint8, sharding=bsh),
         "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bsh),
     }
-    return Built(jitted, (abstract, batch), mesh, parts, img_size, num_classes, dtype, keyed_step)
+    return Built(jitted, (abstract, batch), mesh, parts, img_size, num_classes, dtype, host_step)
 
 
 def forward_flops(built: Built, batch: int) -> float:

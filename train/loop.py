@@ -243,6 +243,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         accum_steps=cfg.grad_accum_steps,
         ema_decay_rate=cfg.model_ema_decay,
         ema_warmup=cfg.model_ema_warmup,
+        constrain=mesh_lib.activation_constraint(mesh),
     )
 
     def keyed_step(state, batch):  # the step's RNG: the run's key folded with the step number
@@ -263,7 +264,14 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         compiler_options=xla or None,
     )
     eval_fn = jax.jit(
-        make_eval_step(parts.eval_def, parts.rest, mean=mean, std=std, compute_dtype=dtype),
+        make_eval_step(
+            parts.eval_def,
+            parts.rest,
+            mean=mean,
+            std=std,
+            compute_dtype=dtype,
+            constrain=mesh_lib.activation_constraint(mesh),
+        ),
         in_shardings=(sh.params, sh.batch_stats, {"image": bsh, "label": bsh, "valid": bsh}),
         out_shardings=rep,
         compiler_options=xla or None,

@@ -24,6 +24,7 @@ from jax import numpy as jnp
 
 from train.optim import ema_decay, ema_update
 from train.state import TrainState
+from vitjax.sharding import activation_sharding
 
 Batch = dict[str, jax.Array]
 
@@ -108,7 +109,9 @@ def make_train_step(
     accum_steps: int = 1,
     ema_decay_rate: float = 0.0,
     ema_warmup: bool = True,
+    constrain: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """``constrain``: the batch-axis activation constraint of ``train.mesh.activation_constraint``."""
     if num_classes <= 0:
         raise ValueError(
             "the model has no classifier (num_classes=0, e.g. a ViTModel backbone): pass --num-classes N to train it"
@@ -117,7 +120,8 @@ def make_train_step(
     def loss_fn(params, stats, x, y, key):
         model = nnx.merge(train_def, cast_floats(params, compute_dtype), stats, rest)
         nnx.reseed(model, dropout=key)
-        logits = model(x).astype(jnp.float32)
+        with activation_sharding(constrain):
+            logits = model(x).astype(jnp.float32)
         loss = optax.softmax_cross_entropy(logits, y).mean()
         return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
@@ -186,13 +190,16 @@ def make_eval_step(
     mean: Sequence[float],
     std: Sequence[float],
     compute_dtype=jnp.float32,
+    constrain: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[[dict, dict, Batch], dict[str, jax.Array]]:
     """``eval_step(params, batch_stats, batch) -> sums`` of ``loss``, ``top1``, ``top5`` and ``count`` over the
-    examples with ``batch['valid'] == 1`` (padding of the last batch has 0)."""
+    examples with ``batch['valid'] == 1`` (padding of the last batch has 0). ``constrain`` as for the train
+    step."""
 
     def step(params: dict, stats: dict, batch: Batch) -> dict[str, jax.Array]:
         model = nnx.merge(eval_def, cast_floats(params, compute_dtype), stats, rest)
-        logits = model(normalize(batch["image"], mean, std, compute_dtype)).astype(jnp.float32)
+        with activation_sharding(constrain):
+            logits = model(normalize(batch["image"], mean, std, compute_dtype)).astype(jnp.float32)
         labels, valid = batch["label"], batch["valid"].astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         k = min(5, logits.shape[-1])

@@ -9,7 +9,9 @@ eagerly at creation, which needs a mesh; vitjax builds models without one and pl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flax import nnx
@@ -54,3 +56,29 @@ def logical_axes(model: nnx.Module) -> dict[str, Axes | None]:
         if isinstance(var, nnx.Variable):
             out[".".join(str(p) for p in path)] = axes_of(var)
     return out
+
+
+# Activations. A model marks the tensors that cross its block boundaries with :func:`constrain_batch`; outside
+# :func:`activation_sharding` that is the identity. The training code installs a function that pins the batch
+# axis to the data-parallel mesh axes, so the SPMD partitioner keeps activations split over the batch rather
+# than gathering the batch to split something else (heads, features), which costs memory per device.
+_ACTIVATION: contextvars.ContextVar[Callable[[Any], Any] | None] = contextvars.ContextVar(
+    "vitjax_activation_sharding", default=None
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(constrain: Callable[[Any], Any] | None) -> Iterator[None]:
+    """While tracing a model inside this context, every :func:`constrain_batch` point calls ``constrain(x)``
+    (typically a ``jax.lax.with_sharding_constraint``). ``None`` leaves activations unconstrained."""
+    token = _ACTIVATION.set(constrain)
+    try:
+        yield
+    finally:
+        _ACTIVATION.reset(token)
+
+
+def constrain_batch(x: Any) -> Any:
+    """An activation whose leading axis is the batch: constrained by the active :func:`activation_sharding`."""
+    constrain = _ACTIVATION.get()
+    return x if constrain is None else constrain(x)

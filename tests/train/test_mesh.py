@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 import vitjax
 from tests.train.common import TINY
 from train import mesh as mesh_lib
+from vitjax.sharding import activation_sharding
 
 
 def _plan(shape: dict, preset: str = "auto") -> dict[str, P]:
@@ -65,3 +66,30 @@ def test_make_mesh_shapes():
     assert dict(mesh_lib.make_mesh(None, jax.devices()[:1]).shape) == {"data": 1, "fsdp": 1, "tensor": 1}
     with pytest.raises(ValueError, match="needs 12 devices"):
         mesh_lib.make_mesh({"data": 3, "fsdp": 4})
+
+
+def test_activation_constraint_pins_the_batch_axis():
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4})
+    constrain = mesh_lib.activation_constraint(mesh)
+    out = jax.jit(lambda x: constrain(x * 2.0))(jax.numpy.ones((8, 3, 5)))
+    assert out.sharding.spec[0] == ("data", "fsdp")
+    assert constrain(jax.numpy.ones((6, 3))).shape == (6, 3)  # a batch the axes do not divide is left alone
+    assert mesh_lib.activation_constraint(mesh_lib.make_mesh({"data": 1, "tensor": 8})) is None
+
+
+def test_models_mark_block_boundaries():
+    """Every block's input and output passes the active constraint (``vitjax.sharding.activation_sharding``)."""
+    seen = []
+
+    def record(x):
+        seen.append(x.shape)
+        return x
+
+    model = vitjax.create_model("vit_tiny_patch16_224", img_size=32, **TINY)
+    x = jax.numpy.ones((2, 32, 32, 3))
+    with activation_sharding(record):
+        model(x)
+    assert len(seen) == 2 * len(model.blocks) and all(s[0] == 2 for s in seen)
+    seen.clear()
+    model(x)  # outside the context: untouched
+    assert seen == []
