@@ -1,5 +1,6 @@
-"""The CPU backward-pass boundary (``vitjax.xla_cpu``): an exact identity for every kind of differentiation, and
-the compiled backward pass of a ViT stays linear in depth on the CPU."""
+"""``vitjax.xla_cpu``: the CPU backward-pass boundary is an exact identity for every kind of differentiation and
+keeps the compiled backward pass of a ViT linear in depth; depthwise convolutions computed by shifted slices on
+the CPU equal XLA's convolutions, values and gradients."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import re
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from jax import numpy as jnp
 
 import vitjax
-from vitjax.xla_cpu import CPU_COMPILER_OPTIONS, compiler_options, grad_boundary
+from vitjax.xla_cpu import CPU_COMPILER_OPTIONS, compiler_options, conv_general_dilated, grad_boundary
 
 
 def _f(x):
@@ -64,3 +66,58 @@ def test_backward_linear_in_depth():
     without = _fused_instructions(6, None), _fused_instructions(12, None)
     assert with_opts[1] / with_opts[0] < 2.25, with_opts
     assert without[1] / without[0] > 2.5, without  # the pathology is still there without them
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+CONVS = [  # H, kernel, stride, padding, groups, in, out, dilation
+    (14, 3, 2, "SAME", 8, 8, 16, 1),  # channel multiplier 2 (MaxxViT-V2's stage-start ConvNeXt conv)
+    (15, 7, 2, ((3, 3), (3, 3)), 8, 8, 24, 1),
+    (16, 7, 1, "SAME", 8, 8, 8, 1),
+    (13, 3, 2, "VALID", 8, 8, 8, 1),
+    (17, 5, 2, ((2, 1), (1, 2)), 8, 8, 8, 2),  # dilated, uneven explicit padding
+    (9, 3, 1, "SAME", 4, 8, 16, 1),  # two inputs per group: not depthwise, XLA's own convolution
+]
+
+
+@pytest.mark.parametrize("case", CONVS, ids=lambda c: "-".join(map(str, c[:2] + c[4:])))
+def test_depthwise_by_shifts_equals_xla(case):
+    size, k, stride, pad, groups, cin, cout, dil = case
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, size, size, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, cin // groups, cout)), jnp.float32)
+    kw = dict(dimension_numbers=NHWC, feature_group_count=groups, rhs_dilation=(dil, dil))
+
+    def loss(fn):
+        return lambda x, w: jnp.sum(fn(x, w, (stride, stride), pad, **kw) ** 2)
+
+    ref = jax.lax.conv_general_dilated(x, w, (stride, stride), pad, **kw)
+    out = conv_general_dilated(x, w, (stride, stride), pad, **kw)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(
+        jax.grad(loss(conv_general_dilated), (0, 1))(x, w),
+        jax.grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, w),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    half = conv_general_dilated(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (stride, stride), pad, **kw)
+    assert half.dtype == jnp.bfloat16
+
+
+def test_cpu_gradient_of_a_depthwise_conv_has_no_grouped_convolution():
+    """On the CPU the depthwise path (the slow one in XLA:CPU) is gone from forward and backward; a convolution
+    with several inputs per group is left to XLA."""
+    x, w = jnp.ones((2, 16, 16, 8)), jnp.ones((7, 7, 1, 16))
+
+    def hlo(w):
+        groups = x.shape[-1] // w.shape[2]
+
+        def loss(x, w):
+            return jnp.sum(
+                conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=NHWC, feature_group_count=groups)
+            )
+
+        return jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
+
+    assert "feature_group_count" not in hlo(w)
+    assert "feature_group_count=4" in hlo(jnp.ones((3, 3, 2, 16)))

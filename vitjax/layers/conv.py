@@ -19,6 +19,7 @@ from jax import numpy as jnp
 
 from vitjax.layers.linear import get_padding
 from vitjax.sharding import CONV_IN, CONV_OUT, Axes, with_axes
+from vitjax.xla_cpu import conv_general_dilated
 
 Padding = str  # '', 'same' or 'valid'
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # EfficientNet-style, as timm
@@ -74,6 +75,7 @@ def create_conv2d(
         padding=pad,
         kernel_dilation=(dilation, dilation),
         feature_group_count=groups,
+        conv_general_dilated=conv_general_dilated,  # fast gradients of strided grouped convs on the CPU
         use_bias=bias,
         kernel_init=with_axes(_conv_init, axes),
         bias_init=with_axes(nnx.initializers.zeros_init(), (axes[-1],)),

@@ -11,6 +11,7 @@ from flax import nnx
 from jax import numpy as jnp
 
 from vitjax.sharding import CONV_IN, CONV_OUT, Axes, param, with_axes
+from vitjax.xla_cpu import conv_general_dilated
 
 _trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -63,6 +64,7 @@ def Conv(
         padding=((pad, pad), (pad, pad)),
         kernel_dilation=(dilation, dilation),
         feature_group_count=groups,
+        conv_general_dilated=conv_general_dilated,  # fast gradients of strided grouped convs on the CPU
         use_bias=bias,
         kernel_init=with_axes(_conv_init, axes),
         bias_init=with_axes(nnx.initializers.zeros_init(), (axes[-1],)),
