@@ -199,3 +199,24 @@ def test_activations_stay_split_over_the_batch(topos, monkeypatch):
     assert free.collectives["all-to-all"]["count"] > 5
     assert constrained.collectives["all-to-all"]["count"] <= 1
     assert constrained.program_flops_per_step == pytest.approx(free.program_flops_per_step)
+
+
+def test_depthwise_conv_stays_a_convolution_on_tpu(topos):
+    """``vitjax.xla_cpu.conv_general_dilated`` rewrites depthwise convolutions for the CPU only: compiled for a
+    TPU, forward and both gradients are convolutions (the CPU form has none)."""
+    from vitjax.xla_cpu import conv_general_dilated
+
+    mesh = Mesh(np.asarray(topos["v5e:2x2"].devices), ("d",))
+    sh = NamedSharding(mesh, P("d"))
+    rep = NamedSharding(mesh, P())
+
+    def loss(x, w):
+        y = conv_general_dilated(
+            x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=8
+        )
+        return jnp.sum(y.astype(jnp.float32) ** 2)
+
+    x = jax.ShapeDtypeStruct((8, 16, 16, 8), jnp.bfloat16, sharding=sh)
+    w = jax.ShapeDtypeStruct((7, 7, 1, 16), jnp.bfloat16, sharding=rep)
+    hlo = jax.jit(jax.grad(loss, (0, 1)), in_shardings=(sh, rep)).lower(x, w).compile().as_text()
+    assert hlo.count(" convolution(") >= 3, hlo
