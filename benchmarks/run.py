@@ -430,10 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in models:
         case = make_case(name, args.overrides)
+        # memory first: the workers run while this process holds no model (after timing, the memory freed by
+        # both sides' allocators is not all returned, and the worker of a large training step was OOM-killed)
+        memory = bench_memory(case, args) if not args.no_memory and args.device == "cpu" else None
         m = bench_model(case, args)
         failed |= any(k.startswith(("vitjax", "timing")) for k in m["errors"])
-        if not args.no_memory and args.device == "cpu":
-            m["memory"] = bench_memory(case, args)
+        if memory is not None:
+            m["memory"] = memory
         res["models"].append(m)
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))  # so far, in case a later model fails
         gc.collect()
