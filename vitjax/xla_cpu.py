@@ -101,7 +101,7 @@ def _depthwise_bwd(strides, pads, dilation, res, g):
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     _, taps = _taps(xp.shape, w.shape[:2], strides, dilation)
     zero = jnp.zeros((), g.dtype)
-    dxp, dw = None, []
+    dxp = None
     for i, j, rows, cols in taps:
         # the tap's slice, transposed: dy * w placed back at its strided positions
         config = [(0, 0, 0)]
@@ -109,9 +109,28 @@ def _depthwise_bwd(strides, pads, dilation, res, g):
             config.append((sl.start, size - sl.start - (n - 1) * sl.step - 1, sl.step - 1))
         part = jax.lax.pad(g * w[i : i + 1, j : j + 1], zero, (*config, (0, 0, 0)))
         dxp = part if dxp is None else dxp + part
-        dw.append(jnp.sum(xp[:, rows, cols] * g, axis=(0, 1, 2)))
     (top, _), (left, _) = pads
-    return dxp[:, top : top + x.shape[1], left : left + x.shape[2]], jnp.stack(dw).reshape(w.shape)
+    return dxp[:, top : top + x.shape[1], left : left + x.shape[2]], _weight_grad(xp, g, taps).reshape(w.shape)
+
+
+def _weight_grad(xp, g, taps):
+    """``(k*k, C)``: each tap's slice of the padded input times ``g``, summed over batch and space. XLA:CPU's
+    reductions need their input materialised, and unrolled it schedules every tap's slice at once (k*k copies of
+    the output: 4.4 GiB more for a maxxvitv2 training step), so a loop takes one tap at a time. Strided slices
+    become plain ones of the input's stride phases."""
+    (sh, sw), (ho, wo) = (taps[0][2].step, taps[0][3].step), g.shape[1:3]
+    hq, wq = -(-xp.shape[1] // sh), -(-xp.shape[2] // sw)
+    xp = jnp.pad(xp, ((0, 0), (0, hq * sh - xp.shape[1]), (0, wq * sw - xp.shape[2]), (0, 0)))
+    phases = xp.reshape(xp.shape[0], hq, sh, wq, sw, xp.shape[3]).transpose(2, 4, 0, 1, 3, 5)  # sh, sw, N, Hq, Wq, C
+    index = jnp.asarray([(r.start % sh, c.start % sw, r.start // sh, c.start // sw) for _, _, r, c in taps])
+
+    def one(_, idx):
+        p, q, oh, ow = idx[0], idx[1], idx[2], idx[3]
+        zero = jnp.zeros((), idx.dtype)
+        tap = jax.lax.dynamic_slice(phases, (p, q, zero, oh, ow, zero), (1, 1, g.shape[0], ho, wo, g.shape[3]))
+        return None, jnp.sum(tap[0, 0] * g, axis=(0, 1, 2))
+
+    return jax.lax.scan(one, None, index)[1]
 
 
 _depthwise_by_shifts.defvjp(_depthwise_fwd, _depthwise_bwd)
