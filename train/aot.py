@@ -47,7 +47,7 @@ from train import mesh as mesh_lib  # noqa: E402
 from train import optim  # noqa: E402
 from train import state as state_lib  # noqa: E402
 from train.config import TrainConfig, parse_args  # noqa: E402
-from train.steps import make_train_step  # noqa: E402
+from train.steps import keyed_train_step  # noqa: E402
 
 GiB = 1024**3
 
@@ -195,31 +195,18 @@ def build(cfg: TrainConfig, topo: Topology, *, total_steps: int) -> Built:
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
     data_cfg = vitjax.data.resolve_model_data_config(parts.model)
 
-    def keyed(constrain):
-        step_fn = make_train_step(
-            parts.train_def,
-            parts.rest,
+    def keyed(constrain):  # the step of train.loop.run
+        return keyed_train_step(
+            cfg,
+            parts,
             tx,
             lr_fn,
             num_classes=num_classes,
             mean=tuple(data_cfg["mean"]),
             std=tuple(data_cfg["std"]),
             compute_dtype=dtype,
-            label_smoothing=cfg.label_smoothing,
-            mixup_alpha=cfg.mixup,
-            cutmix_alpha=cfg.cutmix,
-            mix_prob=cfg.mixup_prob,
-            mix_switch_prob=cfg.mixup_switch_prob,
-            accum_steps=cfg.grad_accum_steps,
-            ema_decay_rate=cfg.model_ema_decay,
-            ema_warmup=cfg.model_ema_warmup,
             constrain=constrain,
         )
-
-        def keyed_step(state, batch):  # as train.loop.run: the run's key folded with the step number
-            return step_fn(state, batch, jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step))
-
-        return keyed_step
 
     # the step for the topology pins activations to its mesh; the host-side copy (program FLOPs) cannot
     keyed_step, host_step = keyed(mesh_lib.activation_constraint(mesh)), keyed(None)

@@ -35,7 +35,7 @@ from train import state as state_lib
 from train.checkpoint import Checkpointer
 from train.config import TrainConfig
 from train.metrics import MetricsWriter, Progress, plot_curves
-from train.steps import make_eval_step, make_train_step
+from train.steps import keyed_train_step, make_eval_step
 from vitjax.xla_cpu import compiler_options
 
 _CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
@@ -226,28 +226,10 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
     data_cfg = vitjax.data.resolve_model_data_config(parts.model)  # the model's mean/std/crop_pct, as timm's
     mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
-    step_fn = make_train_step(
-        parts.train_def,
-        parts.rest,
-        tx,
-        lr_fn,
-        num_classes=num_classes,
-        mean=mean,
-        std=std,
-        compute_dtype=dtype,
-        label_smoothing=cfg.label_smoothing,
-        mixup_alpha=cfg.mixup,
-        cutmix_alpha=cfg.cutmix,
-        mix_prob=cfg.mixup_prob,
-        mix_switch_prob=cfg.mixup_switch_prob,
-        accum_steps=cfg.grad_accum_steps,
-        ema_decay_rate=cfg.model_ema_decay,
-        ema_warmup=cfg.model_ema_warmup,
-        constrain=mesh_lib.activation_constraint(mesh),
+    constrain = mesh_lib.activation_constraint(mesh)  # activations split over the batch axes
+    keyed_step = keyed_train_step(
+        cfg, parts, tx, lr_fn, num_classes=num_classes, mean=mean, std=std, compute_dtype=dtype, constrain=constrain
     )
-
-    def keyed_step(state, batch):  # the step's RNG: the run's key folded with the step number
-        return step_fn(state, batch, jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step))
 
     rep = mesh_lib.replicated(mesh)
     bsh = mesh_lib.batch_sharding(mesh)
@@ -270,7 +252,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             mean=mean,
             std=std,
             compute_dtype=dtype,
-            constrain=mesh_lib.activation_constraint(mesh),
+            constrain=constrain,
         ),
         in_shardings=(sh.params, sh.batch_stats, {"image": bsh, "label": bsh, "valid": bsh}),
         out_shardings=rep,

@@ -64,7 +64,7 @@ def Conv(
         padding=((pad, pad), (pad, pad)),
         kernel_dilation=(dilation, dilation),
         feature_group_count=groups,
-        conv_general_dilated=conv_general_dilated,  # fast gradients of strided grouped convs on the CPU
+        conv_general_dilated=conv_general_dilated,  # depthwise convs as shifted slices on the CPU
         use_bias=bias,
         kernel_init=with_axes(_conv_init, axes),
         bias_init=with_axes(nnx.initializers.zeros_init(), (axes[-1],)),
