@@ -41,13 +41,10 @@ import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax import numpy as jnp  # noqa: E402
 
-import vitjax  # noqa: E402
-import vitjax.data  # noqa: E402
 from train import mesh as mesh_lib  # noqa: E402
-from train import optim  # noqa: E402
 from train import state as state_lib  # noqa: E402
 from train.config import TrainConfig, parse_args  # noqa: E402
-from train.steps import keyed_train_step  # noqa: E402
+from train.plan import make_plan, resolve_img_size  # noqa: E402
 
 GiB = 1024**3
 
@@ -160,72 +157,28 @@ def program_flops(built: Built) -> float:
 
 
 def build(cfg: TrainConfig, topo: Topology, *, total_steps: int) -> Built:
-    """The train step of ``python -m train`` for ``cfg`` on ``topo``, with abstract inputs.
-
-    Mirrors ``train.loop.run``: the same model parts, optimizer, shardings, step function, RNG folding,
-    in/out shardings and donation; only the data source is left out (the class count is the model's, unless
-    ``--num-classes`` is given)."""
-    img_size = cfg.img_size
-    if img_size is None:
-        size = vitjax.get_spec(cfg.model).config(**cfg.model_overrides()).img_size
-        img_size = size if isinstance(size, int) else int(size[0])
-    overrides = cfg.model_overrides()
-    overrides["img_size"] = img_size
-    parts = state_lib.build_parts(cfg.model, overrides, seed=cfg.seed, remat=cfg.remat)
-    num_classes = parts.model.cfg.num_classes
-    mesh = topology_mesh(cfg, topo)
-    dp = mesh.shape["data"] * mesh.shape["fsdp"]
-    if cfg.batch_size % dp:
-        raise ValueError(f"global batch {cfg.batch_size} is not divisible by data x fsdp = {dp} devices")
-    abstract_params = nnx.to_pure_dict(parts.params)
-    lr_fn = optim.schedule(cfg.lr, total_steps, cfg.warmup_steps, cfg.warmup_lr, cfg.min_lr)
-    tx = optim.make_optimizer(
-        abstract_params,
-        opt=cfg.opt,
-        lr_schedule=lr_fn,
-        weight_decay=cfg.weight_decay,
-        betas=cfg.opt_betas,
-        eps=cfg.opt_eps,
-        clip_grad=cfg.clip_grad,
-        layer_decay=cfg.layer_decay,
-    )
-    use_ema = cfg.model_ema_decay > 0
-    sh = state_lib.shardings(parts, tx, mesh, cfg.sharding, use_ema)
-    abstract = state_lib.abstract_state(parts, tx, sh)
-    dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
-    data_cfg = vitjax.data.resolve_model_data_config(parts.model)
-
-    def keyed(constrain):  # the step of train.loop.run
-        return keyed_train_step(
-            cfg,
-            parts,
-            tx,
-            lr_fn,
-            num_classes=num_classes,
-            mean=tuple(data_cfg["mean"]),
-            std=tuple(data_cfg["std"]),
-            compute_dtype=dtype,
-            constrain=constrain,
-        )
-
+    """The train step of ``python -m train`` for ``cfg`` on ``topo``, with abstract inputs: the same
+    :class:`train.plan.StepPlan` (model parts, optimizer, shardings, step, in/out shardings and donation); only
+    the data source is left out (the class count is the model's, unless ``--num-classes`` is given)."""
+    img_size = resolve_img_size(cfg)
+    plan = make_plan(cfg, cfg.model_overrides(), topology_mesh(cfg, topo), img_size=img_size, total_steps=total_steps)
     # the step for the topology pins activations to its mesh; the host-side copy (program FLOPs) cannot
-    keyed_step, host_step = keyed(mesh_lib.activation_constraint(mesh)), keyed(None)
-
-    rep = mesh_lib.replicated(mesh)
-    bsh = mesh_lib.batch_sharding(mesh)
-    jitted = jax.jit(
-        keyed_step,
-        in_shardings=(sh, {"image": bsh, "label": bsh}),
-        out_shardings=(sh, rep),
-        donate_argnums=0,
-        compiler_options=state_lib.RUN_ONCE if cfg.fast_compile else None,
-    )
-    b = cfg.batch_size
+    jitted = plan.jit_train_step(plan.step(plan.constraint()), state_lib.RUN_ONCE if cfg.fast_compile else None)
+    b, bsh = cfg.batch_size, plan.batch_sharding
     batch = {
         "image": jax.ShapeDtypeStruct((b, img_size, img_size, 3), jnp.uint8, sharding=bsh),
         "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bsh),
     }
-    return Built(jitted, (abstract, batch), mesh, parts, img_size, num_classes, dtype, host_step)
+    return Built(
+        jitted,
+        (plan.abstract_state(), batch),
+        plan.mesh,
+        plan.parts,
+        img_size,
+        plan.num_classes,
+        plan.compute_dtype,
+        plan.step(None),
+    )
 
 
 def forward_flops(built: Built, batch: int) -> float:
@@ -328,6 +281,7 @@ class Report:
     program_flops_per_step: float = float("nan")  # the unoptimised step's FLOPs (global; remat included)
     loops: int = 0  # while loops in the optimised HLO (their bodies count once in the compiled FLOPs)
     search: list = field(default_factory=list)  # --find-batch: [global batch, bytes per device, fits] per compile
+    fsdp_min_size: int = 0  # parameters with fewer elements were not split over fsdp
 
 
 def _oom_bytes(message: str) -> int:
@@ -356,6 +310,7 @@ def compile_report(
         hosts=topo.hosts,
         mesh=dict(built.mesh.shape),
         sharding=cfg.sharding,
+        fsdp_min_size=cfg.fsdp_min_size,
         precision=cfg.precision,
         remat=cfg.remat,
         global_batch=cfg.batch_size,
@@ -437,12 +392,17 @@ def _gib(b: float) -> str:
     return f"{b / GiB:.2f} GiB"
 
 
+def _min_size(r: Report) -> str:
+    return f" (fsdp splits parameters of >= {r.fsdp_min_size} elements)" if r.fsdp_min_size else ""
+
+
 def format_report(r: Report) -> str:
     if r.compiler_error:
         return "\n".join(
             [
                 f"{r.model} on {r.topology} ({r.devices} x {r.chip} device(s), {r.hosts} host(s)); mesh {r.mesh}, "
-                f"sharding {r.sharding}, {r.precision}{', remat' if r.remat else ''}, global batch {r.global_batch}",
+                f"sharding {r.sharding}{_min_size(r)}, {r.precision}{', remat' if r.remat else ''}, "
+                f"global batch {r.global_batch}",
                 f"  DOES NOT FIT: the TPU compiler needs {_gib(r.total_bytes)} per device for temporaries alone, "
                 f"the chip has {_gib(r.hbm_bytes)}",
                 f"  compiler: {r.compiler_error}",
@@ -450,7 +410,7 @@ def format_report(r: Report) -> str:
         )
     lines = [
         f"{r.model} on {r.topology} ({r.devices} x {r.chip} device(s), {r.hosts} host(s)); mesh {r.mesh}, "
-        f"sharding {r.sharding}, {r.precision}{', remat' if r.remat else ''}",
+        f"sharding {r.sharding}{_min_size(r)}, {r.precision}{', remat' if r.remat else ''}",
         f"  batch: global {r.global_batch}, per process {r.per_process_batch} (x{r.hosts} hosts), "
         f"per data-parallel device {r.per_device_batch}",
         "  memory per device: "
@@ -561,6 +521,8 @@ def table(reports: list[dict]) -> str:
     for r in reports:
         fails = sorted(b for b, _, fits in r.get("search", []) if not fits and b > r["global_batch"])
         mesh = ",".join(f"{k}={v}" for k, v in r["mesh"].items() if v > 1)
+        if r.get("fsdp_min_size"):  # --fsdp-min-size: smaller parameters are whole on every device
+            mesh += f" (params >= {r['fsdp_min_size']})"
         lines.append(
             f"| {r['model']} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['hosts']} | {mesh} "
             f"| {r['global_batch']} ({r['per_device_batch']}) | {fails[0] if fails else '-'} "

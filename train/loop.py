@@ -27,15 +27,14 @@ from flax import nnx
 from jax import numpy as jnp
 
 import vitjax
-import vitjax.data
 from train import data as data_lib
 from train import mesh as mesh_lib
-from train import optim
 from train import state as state_lib
 from train.checkpoint import Checkpointer
 from train.config import TrainConfig
 from train.metrics import MetricsWriter, Progress, plot_curves
-from train.steps import keyed_train_step, make_eval_step
+from train.plan import make_plan, resolve_img_size
+from train.steps import make_eval_step
 from vitjax.xla_cpu import compiler_options
 
 _CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
@@ -90,13 +89,6 @@ def gather(tree: Any) -> Any:
 
 def _scalar(x: jax.Array) -> float:
     return float(np.asarray(x.addressable_data(0)))
-
-
-def resolve_img_size(cfg: TrainConfig) -> int:
-    if cfg.img_size is not None:
-        return cfg.img_size
-    size = vitjax.get_spec(cfg.model).config(**cfg.model_overrides()).img_size
-    return size if isinstance(size, int) else int(size[0])
 
 
 def load_pretrained(cfg: TrainConfig, overrides: dict, sh: state_lib.TrainState) -> tuple[dict, dict]:
@@ -162,31 +154,11 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * len(data.train) / cfg.batch_size)
     overrides = _overrides(cfg, data.num_classes)
     overrides["img_size"] = img_size
-    parts = state_lib.build_parts(cfg.model, overrides, seed=cfg.seed, remat=cfg.remat)
-    num_classes = parts.model.cfg.num_classes
-    mesh = mesh_lib.make_mesh(cfg.mesh, devices)
-    if cfg.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-        raise ValueError(
-            f"global batch {cfg.batch_size} is not divisible by data x fsdp = "
-            f"{mesh.shape['data'] * mesh.shape['fsdp']} devices"
-        )
-
-    abstract_params = nnx.to_pure_dict(parts.params)
-    lr_fn = optim.schedule(cfg.lr, total, cfg.warmup_steps, cfg.warmup_lr, cfg.min_lr)
-    tx = optim.make_optimizer(
-        abstract_params,
-        opt=cfg.opt,
-        lr_schedule=lr_fn,
-        weight_decay=cfg.weight_decay,
-        betas=cfg.opt_betas,
-        eps=cfg.opt_eps,
-        clip_grad=cfg.clip_grad,
-        layer_decay=cfg.layer_decay,
-    )
+    plan = make_plan(cfg, overrides, mesh_lib.make_mesh(cfg.mesh, devices), img_size=img_size, total_steps=total)
+    parts, mesh, tx, sh, num_classes = plan.parts, plan.mesh, plan.tx, plan.shardings, plan.num_classes
     use_ema = cfg.model_ema_decay > 0
-    sh = state_lib.shardings(parts, tx, mesh, cfg.sharding, use_ema)
     ckpt = Checkpointer(workdir / "ckpt", cfg.keep_ckpts)
-    restored = ckpt.restore_latest(state_lib.abstract_state(parts, tx, sh))
+    restored = ckpt.restore_latest(plan.abstract_state())
     if restored is not None:
         start, st, data_state = restored
         log(f"[train] resumed from step {start} ({ckpt.directory})")
@@ -223,35 +195,23 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
     if data_state is not None:
         train_iter.set_state(data_state)
 
-    dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
-    data_cfg = vitjax.data.resolve_model_data_config(parts.model)  # the model's mean/std/crop_pct, as timm's
-    mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
-    constrain = mesh_lib.activation_constraint(mesh)  # activations split over the batch axes
-    keyed_step = keyed_train_step(
-        cfg, parts, tx, lr_fn, num_classes=num_classes, mean=mean, std=std, compute_dtype=dtype, constrain=constrain
-    )
-
+    mean, std = plan.mean, plan.std
+    constrain = plan.constraint()  # activations split over the batch axes
     rep = mesh_lib.replicated(mesh)
-    bsh = mesh_lib.batch_sharding(mesh)
+    bsh = plan.batch_sharding
     # on the CPU, the options that keep the backward pass linear in depth (vitjax.xla_cpu)
     xla = {
         **(compiler_options(mesh.devices.flat[0].platform) or {}),
         **(state_lib.RUN_ONCE if cfg.fast_compile else {}),
     }
-    train_step = jax.jit(
-        keyed_step,
-        in_shardings=(sh, {"image": bsh, "label": bsh}),
-        out_shardings=(sh, rep),
-        donate_argnums=0,
-        compiler_options=xla or None,
-    )
+    train_step = plan.jit_train_step(plan.step(constrain), xla)
     eval_fn = jax.jit(
         make_eval_step(
             parts.eval_def,
             parts.rest,
             mean=mean,
             std=std,
-            compute_dtype=dtype,
+            compute_dtype=plan.compute_dtype,
             constrain=constrain,
         ),
         in_shardings=(sh.params, sh.batch_stats, {"image": bsh, "label": bsh, "valid": bsh}),
@@ -264,8 +224,8 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         global_batch=cfg.eval_batch_size or cfg.batch_size,
         process_index=pid,
         process_count=nproc,
-        crop_pct=data_cfg["crop_pct"],
-        interpolation=data_cfg["interpolation"],
+        crop_pct=plan.data_cfg["crop_pct"],
+        interpolation=plan.data_cfg["interpolation"],
     )
 
     def evaluate(state) -> dict[str, float]:

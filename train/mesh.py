@@ -7,7 +7,9 @@ of the wide matmuls). Batches are split over ``("data", "fsdp")``.
 Models never name mesh axes: each parameter carries *logical* axes (``vitjax.sharding``), and :data:`RULES`
 maps logical names to mesh axes. For one parameter, each array axis takes the mesh axis of its logical name
 unless that mesh axis has size 1, is already used by an earlier axis of the same parameter, or does not divide
-the dimension; then it stays replicated. A preset picks a subset of the rules.
+the dimension; then it stays replicated. A preset picks a subset of the rules. With ``fsdp_min_size``, a
+parameter of fewer elements is not split over ``fsdp`` (as big_vision's and others' FSDP thresholds: gathering a
+small weight costs a collective's latency and saves next to no memory).
 """
 
 from __future__ import annotations
@@ -58,9 +60,17 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     return Mesh(np.asarray(devices, dtype=object).reshape(dims), MESH_AXES)
 
 
-def spec_for(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh, preset: str = "auto"):
+def spec_for(
+    axes: Sequence[str | None] | None,
+    shape: Sequence[int],
+    mesh: Mesh,
+    preset: str = "auto",
+    fsdp_min_size: int = 0,
+):
     """The PartitionSpec of one parameter with logical ``axes`` and ``shape`` (see the module docstring)."""
     rules = RULES[preset]
+    if math.prod(shape) < fsdp_min_size:
+        rules = {k: v for k, v in rules.items() if v != "fsdp"}
     if axes is None:
         return PartitionSpec()
     if len(axes) != len(shape):
@@ -78,13 +88,13 @@ def spec_for(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh
     return PartitionSpec(*out)
 
 
-def variable_shardings(state: nnx.State, mesh: Mesh, preset: str = "auto") -> dict:
+def variable_shardings(state: nnx.State, mesh: Mesh, preset: str = "auto", fsdp_min_size: int = 0) -> dict:
     """A pure dict (same structure as ``nnx.to_pure_dict(state)``) of NamedShardings for the Variables of
     ``state``, from their logical axes (``vitjax.sharding.axes_of``); Variables without axes are replicated."""
 
     def one(var: nnx.Variable) -> NamedSharding:
         value = var.get_value()
-        return NamedSharding(mesh, spec_for(lax_names.axes_of(var), value.shape, mesh, preset))
+        return NamedSharding(mesh, spec_for(lax_names.axes_of(var), value.shape, mesh, preset, fsdp_min_size))
 
     return map_variables(state, one)
 

@@ -69,11 +69,19 @@ def param_count(parts: ModelParts) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.to_pure_dict(parts.params)))
 
 
-def shardings(parts: ModelParts, tx: optax.GradientTransformation, mesh: Mesh, preset: str, ema: bool) -> TrainState:
-    """The NamedSharding of every leaf of the train state."""
+def shardings(
+    parts: ModelParts,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    preset: str,
+    ema: bool,
+    fsdp_min_size: int = 0,
+) -> TrainState:
+    """The NamedSharding of every leaf of the train state (``train.mesh.spec_for`` for the parameters and the
+    optimizer's per-parameter state)."""
     rep = mesh_lib.replicated(mesh)
-    p_sh = mesh_lib.variable_shardings(parts.params, mesh, preset)
-    s_sh = mesh_lib.variable_shardings(parts.batch_stats, mesh, preset)
+    p_sh = mesh_lib.variable_shardings(parts.params, mesh, preset, fsdp_min_size)
+    s_sh = mesh_lib.variable_shardings(parts.batch_stats, mesh, preset, fsdp_min_size)
     opt_abs = jax.eval_shape(tx.init, nnx.to_pure_dict(parts.params))
     o_sh = optax.tree_map_params(tx, lambda _, s: s, opt_abs, p_sh, transform_non_params=lambda _: rep)
     return TrainState(

@@ -13,10 +13,10 @@ from train import mesh as mesh_lib
 from vitjax.sharding import activation_sharding
 
 
-def _plan(shape: dict, preset: str = "auto") -> dict[str, P]:
+def _plan(shape: dict, preset: str = "auto", fsdp_min_size: int = 0) -> dict[str, P]:
     model = vitjax.create_model("vit_tiny_patch16_224", img_size=32, abstract=True, **TINY)
     mesh = mesh_lib.make_mesh(shape)
-    sh = mesh_lib.variable_shardings(nnx.state(model, nnx.Param), mesh, preset)
+    sh = mesh_lib.variable_shardings(nnx.state(model, nnx.Param), mesh, preset, fsdp_min_size)
     flat = jax.tree_util.tree_flatten_with_path(sh)[0]
     return {".".join(str(getattr(k, "key", k)) for k in p): s.spec for p, s in flat}
 
@@ -54,6 +54,18 @@ def test_presets_and_fallbacks():
     assert all(all(a is None for a in s) for s in only_data.values())
     # 10 classes do not split 4 ways: the head's class axis stays replicated
     assert _plan({"data": 2, "tensor": 4})["head.kernel"] == P(None, None)
+
+
+def test_fsdp_min_size_keeps_small_parameters_whole_on_fsdp():
+    shapes = {"data": 2, "fsdp": 2, "tensor": 2}
+    full, thr = _plan(shapes), _plan(shapes, fsdp_min_size=1000)
+    assert full["blocks.0.norm1.scale"] == P("fsdp") and thr["blocks.0.norm1.scale"] == P(None)
+    assert thr["blocks.0.attn.qkv.bias"] == P("tensor")  # tensor splits are not affected
+    big = [k for k, s in full.items() if "fsdp" in s and k.endswith("kernel") and "blocks" in k]
+    assert big and all(thr[k] == full[k] for k in big)  # the weight matrices (>= 1000 elements) stay split
+    mesh = mesh_lib.make_mesh({"fsdp": 8})
+    assert mesh_lib.spec_for(("embed", "mlp"), (64, 15), mesh, fsdp_min_size=64 * 16) == P(None, None)
+    assert mesh_lib.spec_for(("embed", "mlp"), (64, 16), mesh, fsdp_min_size=64 * 16) == P("fsdp", None)
 
 
 def test_one_mesh_axis_once_per_parameter():
