@@ -220,3 +220,25 @@ def test_depthwise_conv_stays_a_convolution_on_tpu(topos):
     w = jax.ShapeDtypeStruct((7, 7, 1, 16), jnp.bfloat16, sharding=rep)
     hlo = jax.jit(jax.grad(loss, (0, 1)), in_shardings=(sh, rep)).lower(x, w).compile().as_text()
     assert hlo.count(" convolution(") >= 3, hlo
+
+
+def test_table_rows_name_the_fsdp_size_threshold():
+    row = dict(
+        model="m",
+        topology="v5e:2x4",
+        devices=8,
+        chip="TPU v5e",
+        hosts=2,
+        mesh={"data": 1, "fsdp": 8, "tensor": 1},
+        global_batch=64,
+        per_device_batch=8,
+        total_bytes=2**30,
+        hbm_bytes=16 * 2**30,
+        program_flops_per_step=1e12,
+        step_time_s=0.01,
+        mfu_bound=0.75,
+        search=[[64, 2**30, True], [128, 2**35, False]],
+    )
+    plain = aot.table([row]).splitlines()[-1]
+    assert "| fsdp=8 | 64 (8) | 128 |" in plain
+    assert "| fsdp=8 (params >= 4096) |" in aot.table([{**row, "fsdp_min_size": 4096}]).splitlines()[-1]
