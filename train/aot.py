@@ -44,7 +44,7 @@ from jax import numpy as jnp  # noqa: E402
 from train import mesh as mesh_lib  # noqa: E402
 from train import state as state_lib  # noqa: E402
 from train.config import TrainConfig, parse_args  # noqa: E402
-from train.plan import make_plan, resolve_img_size  # noqa: E402
+from train.plan import StepPlan, make_plan, resolve_img_size  # noqa: E402
 
 GiB = 1024**3
 
@@ -138,11 +138,7 @@ class Built:
 
     jitted: object
     args: tuple
-    mesh: jax.sharding.Mesh
-    parts: state_lib.ModelParts
-    img_size: int
-    num_classes: int
-    compute_dtype: object
+    plan: StepPlan  # model parts, mesh, image size, compute dtype
     step: object  # the step function before jax.jit, without the mesh's activation constraints
 
 
@@ -169,25 +165,14 @@ def build(cfg: TrainConfig, topo: Topology, *, total_steps: int) -> Built:
         "image": jax.ShapeDtypeStruct((b, img_size, img_size, 3), jnp.uint8, sharding=bsh),
         "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bsh),
     }
-    return Built(
-        jitted,
-        (plan.abstract_state(), batch),
-        plan.mesh,
-        plan.parts,
-        img_size,
-        plan.num_classes,
-        plan.compute_dtype,
-        plan.step(None),
-    )
+    return Built(jitted, (plan.abstract_state(), batch), plan, plan.step(None))
 
 
 def forward_flops(built: Built, batch: int) -> float:
     """FLOPs of one forward pass of the global batch (XLA's cost analysis of the unoptimised HLO, on the host)."""
-    parts = built.parts
+    parts, dtype = built.plan.parts, built.plan.compute_dtype
     params = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(
-            s.shape, built.compute_dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
-        ),
+        lambda s: jax.ShapeDtypeStruct(s.shape, dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype),
         nnx.to_pure_dict(parts.params),
     )
     stats = nnx.to_pure_dict(parts.batch_stats)
@@ -195,7 +180,8 @@ def forward_flops(built: Built, batch: int) -> float:
     def fwd(p, s, x):
         return nnx.merge(parts.eval_def, p, s, parts.rest)(x)
 
-    x = jax.ShapeDtypeStruct((batch, built.img_size, built.img_size, 3), built.compute_dtype)
+    size = built.plan.img_size
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), dtype)
     cost = jax.jit(fwd).lower(params, stats, x).cost_analysis()
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
@@ -301,14 +287,15 @@ def compile_report(
     built = build(cfg, topo, total_steps=total_steps)
     n = len(topo.devices)
     hbm = topo.chip.hbm // topo.devices_per_chip
-    dp = built.mesh.shape["data"] * built.mesh.shape["fsdp"]
+    mesh = built.plan.mesh
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
     common = dict(
         model=cfg.model,
         topology=topo.name,
         chip=topo.chip.name,
         devices=n,
         hosts=topo.hosts,
-        mesh=dict(built.mesh.shape),
+        mesh=dict(mesh.shape),
         sharding=cfg.sharding,
         fsdp_min_size=cfg.fsdp_min_size,
         precision=cfg.precision,

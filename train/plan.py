@@ -3,7 +3,7 @@ their step from one :class:`StepPlan`, so the step compiled for a TPU topology i
 
 A plan fixes the model parts (``train.state``), the optimizer and its schedule (``train.optim``), the
 ``NamedSharding`` of every leaf of the train state over the mesh, the compute dtype and the model's
-normalisation; :meth:`StepPlan.jit_train_step` wraps the step (``train.steps.keyed_train_step``) in ``jax.jit``
+normalisation; :meth:`StepPlan.jit_train_step` wraps the step (:meth:`StepPlan.step`) in ``jax.jit``
 with the batch split over the data axes, the state donated and the metrics replicated.
 """
 
@@ -24,7 +24,7 @@ from train import mesh as mesh_lib
 from train import optim
 from train import state as state_lib
 from train.config import TrainConfig
-from train.steps import keyed_train_step
+from train.steps import make_train_step
 
 
 def resolve_img_size(cfg: TrainConfig) -> int:
@@ -65,18 +65,34 @@ class StepPlan:
         return mesh_lib.activation_constraint(self.mesh)
 
     def step(self, constrain: Callable[[jax.Array], jax.Array] | None) -> Callable:
-        """``step(state, batch) -> (state, metrics)`` (not jitted), with ``constrain`` on block boundaries."""
-        return keyed_train_step(
-            self.cfg,
-            self.parts,
+        """``step(state, batch) -> (state, metrics)`` (not jitted): :func:`train.steps.make_train_step` with the
+        run's regularisation, accumulation and EMA settings, ``constrain`` on block boundaries, and as RNG the
+        run's key folded with the step number."""
+        cfg = self.cfg
+        step_fn = make_train_step(
+            self.parts.train_def,
+            self.parts.rest,
             self.tx,
             self.lr_fn,
             num_classes=self.num_classes,
             mean=self.mean,
             std=self.std,
             compute_dtype=self.compute_dtype,
+            label_smoothing=cfg.label_smoothing,
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            mix_prob=cfg.mixup_prob,
+            mix_switch_prob=cfg.mixup_switch_prob,
+            accum_steps=cfg.grad_accum_steps,
+            ema_decay_rate=cfg.model_ema_decay,
+            ema_warmup=cfg.model_ema_warmup,
             constrain=constrain,
         )
+
+        def keyed_step(state: state_lib.TrainState, batch: dict) -> tuple[state_lib.TrainState, dict]:
+            return step_fn(state, batch, jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step))
+
+        return keyed_step
 
     def jit_train_step(self, step: Callable, compiler_options: Mapping[str, Any] | None = None) -> Callable:
         """``step`` jitted with the state's shardings in and out (donated), the batch split over the data axes

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import optax
@@ -23,11 +23,8 @@ from flax import nnx
 from jax import numpy as jnp
 
 from train.optim import ema_decay, ema_update
-from train.state import ModelParts, TrainState
+from train.state import TrainState
 from vitjax.sharding import activation_sharding
-
-if TYPE_CHECKING:
-    from train.config import TrainConfig
 
 Batch = dict[str, jax.Array]
 
@@ -184,47 +181,6 @@ def make_train_step(
         return new, metrics
 
     return step
-
-
-def keyed_train_step(
-    cfg: TrainConfig,
-    parts: ModelParts,
-    tx: optax.GradientTransformation,
-    lr_schedule: optax.Schedule,
-    *,
-    num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    compute_dtype,
-    constrain: Callable[[jax.Array], jax.Array] | None,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """The step ``python -m train`` jits (and ``train.aot`` compiles): :func:`make_train_step` with the run's
-    regularisation, accumulation and EMA settings from ``cfg``, its RNG the run's key folded with the step
-    number."""
-    step_fn = make_train_step(
-        parts.train_def,
-        parts.rest,
-        tx,
-        lr_schedule,
-        num_classes=num_classes,
-        mean=mean,
-        std=std,
-        compute_dtype=compute_dtype,
-        label_smoothing=cfg.label_smoothing,
-        mixup_alpha=cfg.mixup,
-        cutmix_alpha=cfg.cutmix,
-        mix_prob=cfg.mixup_prob,
-        mix_switch_prob=cfg.mixup_switch_prob,
-        accum_steps=cfg.grad_accum_steps,
-        ema_decay_rate=cfg.model_ema_decay,
-        ema_warmup=cfg.model_ema_warmup,
-        constrain=constrain,
-    )
-
-    def keyed_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        return step_fn(state, batch, jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step))
-
-    return keyed_step
 
 
 def make_eval_step(
