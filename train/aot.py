@@ -30,17 +30,21 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax import numpy as jnp  # noqa: E402
 
+from converters.io import atomic_write  # noqa: E402
 from train import mesh as mesh_lib  # noqa: E402
 from train import state as state_lib  # noqa: E402
 from train.config import TrainConfig, parse_args  # noqa: E402
@@ -268,6 +272,7 @@ class Report:
     loops: int = 0  # while loops in the optimised HLO (their bodies count once in the compiled FLOPs)
     search: list = field(default_factory=list)  # --find-batch: [global batch, bytes per device, fits] per compile
     fsdp_min_size: int = 0  # parameters with fewer elements were not split over fsdp
+    search_done: bool = True  # False in the --json file that --find-batch rewrites after each compile
 
 
 def _oom_bytes(message: str) -> int:
@@ -424,7 +429,13 @@ def format_report(r: Report) -> str:
 
 
 def find_batch(
-    cfg: TrainConfig, topo: Topology, *, limit: int = 1 << 16, granularity: int = 0, log=print
+    cfg: TrainConfig,
+    topo: Topology,
+    *,
+    limit: int = 1 << 16,
+    granularity: int = 0,
+    log=print,
+    progress: Callable[[int, Report], None] | None = None,
 ) -> tuple[int, Report]:
     """The largest global batch that fits, a multiple of data x fsdp x grad-accum (the unit), searched with few
     compiles (each takes minutes for a real model). Per-device memory is roughly affine in the batch (parameter
@@ -436,9 +447,8 @@ def find_batch(
     that fits (when no batch has failed yet) and bisects, which ends whatever the memory does. It stops when the
     bracket between the largest batch that fits and the smallest that does not is no wider than ``granularity``
     examples (default: one unit), or at ``limit``. Returns the batch (0 when not even one unit fits) and the
-    report of the largest batch that fits (else the smallest tried)."""
-    import dataclasses
-
+    report of the largest batch that fits (else the smallest tried); ``progress`` gets the same pair after every
+    compile, so that a search cut short still leaves its best result."""
     probe = topology_mesh(cfg, topo)
     unit = probe.shape["data"] * probe.shape["fsdp"] * cfg.grad_accum_steps
     step = max(1, -(-granularity // unit)) if granularity else 1
@@ -469,6 +479,11 @@ def find_batch(
             return 2 * lo if lo else hi // 2
         return int(k1 + (target - t1) / slope)
 
+    def result() -> tuple[int, Report]:
+        best = tried[lo] if lo else tried[min(tried)]
+        best.search = [[k * unit, r.total_bytes, r.fits] for k, r in tried.items()]
+        return lo * unit, best
+
     k = min(top, max(1, cfg.batch_size // unit))
     lo, hi = 0, top + 1  # largest k known to fit, smallest known not to (top + 1: beyond the limit)
     secant, gallop = 4, 0
@@ -477,6 +492,8 @@ def find_batch(
             lo = k
         else:
             hi = k
+        if progress:
+            progress(*result())
         if hi - lo <= (step if lo else 1):
             break
         if secant > 0:
@@ -493,9 +510,7 @@ def find_batch(
                 k = (lo + hi) // 2
             else:  # no upper bound yet: gallop up from the largest that fits
                 k, gallop = min(top, lo + step * 2**gallop), gallop + 1
-    best = tried[lo] if lo else tried[min(tried)]
-    best.search = [[k * unit, r.total_bytes, r.fits] for k, r in tried.items()]
-    return lo * unit, best
+    return result()
 
 
 def table(reports: list[dict]) -> str:
@@ -510,9 +525,10 @@ def table(reports: list[dict]) -> str:
         mesh = ",".join(f"{k}={v}" for k, v in r["mesh"].items() if v > 1)
         if r.get("fsdp_min_size"):  # --fsdp-min-size: smaller parameters are whole on every device
             mesh += f" (params >= {r['fsdp_min_size']})"
+        unfinished = "" if r.get("search_done", True) else ", search unfinished"
         lines.append(
             f"| {r['model']} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['hosts']} | {mesh} "
-            f"| {r['global_batch']} ({r['per_device_batch']}) | {fails[0] if fails else '-'} "
+            f"| {r['global_batch']} ({r['per_device_batch']}{unfinished}) | {fails[0] if fails else '-'} "
             f"| {r['total_bytes'] / GiB:.2f} of {r['hbm_bytes'] / GiB:.0f} GiB "
             f"| {r.get('program_flops_per_step', math.nan) / 1e12:.1f} TFLOP | {r['step_time_s'] * 1e3:.0f} ms "
             f"| {r['mfu_bound']:.1%} |"
@@ -552,10 +568,24 @@ def main(argv: list[str] | None = None) -> int:
         rest += ["--steps", "10000"]  # only the lr schedule depends on it
     cfg = parse_args(rest)
     topo = topology(ours.topology)
+
+    def save(report: Report) -> None:
+        if ours.json:
+            text = json.dumps(asdict(report), indent=2)
+            atomic_write(ours.json, lambda tmp: Path(tmp).write_text(text))
+
+    def progress(_: int, report: Report) -> None:  # the best so far, kept should the search be cut short
+        save(dataclasses.replace(report, search_done=False))
+
     if ours.find_batch:
         print(f"[aot] {cfg.model} on {topo.name}: searching the largest global batch", flush=True)
         best, report = find_batch(
-            cfg, topo, limit=ours.max_batch, granularity=ours.batch_granularity, log=lambda s: print(s, flush=True)
+            cfg,
+            topo,
+            limit=ours.max_batch,
+            granularity=ours.batch_granularity,
+            log=lambda s: print(s, flush=True),
+            progress=progress,
         )
         if not best:
             print(f"[aot] {cfg.model} does not fit on {topo.name} even at the smallest batch")
@@ -565,9 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report = compile_report(cfg, topo, hlo_out=ours.hlo)
     print(format_report(report))
-    if ours.json:
-        with open(ours.json, "w") as f:
-            json.dump(asdict(report), f, indent=2)
+    save(report)
     return 0 if report.fits else 1
 
 

@@ -148,8 +148,12 @@ def test_find_batch_search(topos, monkeypatch):
         brute = max((b for b in range(4, kw.get("limit", 1 << 16) + 1, 4) if memory(b) <= hbm), default=0)
         return best, report, brute
 
-    best, report, brute = search(lambda b: b, 44)  # proportional
-    assert best == brute == 44 and report.batch == 44 and len(tried) <= 4
+    seen = []
+    best, report, brute = search(lambda b: b, 44, progress=lambda b, r: seen.append((b, r.batch, len(r.search))))
+    assert best == brute == 44 and report.batch == 44 and len(tried) <= 4  # proportional
+    # after every compile, the best so far with the search up to then (a search cut short keeps its result)
+    assert [n for _, _, n in seen] == list(range(1, len(tried) + 1)) and seen[-1] == (44, 44, len(tried))
+    assert all(b == batch and b <= 44 for b, batch, _ in seen if b)
     best, report, brute = search(lambda b: 1000 + 3 * b, 4000, start=64)  # a fixed part: the line finds it
     assert best == brute == 1000 and report.batch == 1000 and len(tried) <= 5
     best, _, brute = search(lambda b: 1000 + 3 * b, 4000, start=4096)  # from above
@@ -242,3 +246,4 @@ def test_table_rows_name_the_fsdp_size_threshold():
     plain = aot.table([row]).splitlines()[-1]
     assert "| fsdp=8 | 64 (8) | 128 |" in plain
     assert "| fsdp=8 (params >= 4096) |" in aot.table([{**row, "fsdp_min_size": 4096}]).splitlines()[-1]
+    assert "| 64 (8, search unfinished) | 128 |" in aot.table([{**row, "search_done": False}]).splitlines()[-1]
