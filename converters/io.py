@@ -131,13 +131,17 @@ def shapes_of(sd: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` and move the result to ``path`` only if it succeeded."""
+    """Call ``write(tmp_path)`` and move the result to ``path`` only if it succeeded. The file gets the
+    permissions a plain ``open(path, "w")`` would give (``mkstemp`` makes it private to its owner)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

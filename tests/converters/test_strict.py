@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import timm
@@ -122,3 +125,15 @@ def test_failed_write_leaves_existing_file_and_no_temp(tmp_path):
         save_safetensors({"a": np.ones(3, np.float32), "b": np.array([object()])}, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
+
+
+def test_written_file_has_the_permissions_of_a_plain_write(tmp_path):
+    """The atomic write goes through a private temporary file; the result must not stay private."""
+    old = os.umask(0o022)
+    try:
+        save_safetensors({"a": np.ones(3, np.float32)}, tmp_path / "out.safetensors")
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    mode = lambda name: stat.S_IMODE((tmp_path / name).stat().st_mode)  # noqa: E731
+    assert mode("out.safetensors") == mode("plain") == 0o644
