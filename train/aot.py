@@ -436,6 +436,7 @@ def find_batch(
     granularity: int = 0,
     log=print,
     progress: Callable[[int, Report], None] | None = None,
+    resume: Report | None = None,
 ) -> tuple[int, Report]:
     """The largest global batch that fits, a multiple of data x fsdp x grad-accum (the unit), searched with few
     compiles (each takes minutes for a real model). Per-device memory is roughly affine in the batch (parameter
@@ -448,7 +449,8 @@ def find_batch(
     bracket between the largest batch that fits and the smallest that does not is no wider than ``granularity``
     examples (default: one unit), or at ``limit``. Returns the batch (0 when not even one unit fits) and the
     report of the largest batch that fits (else the smallest tried); ``progress`` gets the same pair after every
-    compile, so that a search cut short still leaves its best result."""
+    compile, so that a search cut short still leaves its best result. ``resume`` (such a report of a batch that
+    fits, for the same model, topology, mesh and options) continues that search from its compiles."""
     probe = topology_mesh(cfg, topo)
     unit = probe.shape["data"] * probe.shape["fsdp"] * cfg.grad_accum_steps
     step = max(1, -(-granularity // unit)) if granularity else 1
@@ -484,18 +486,8 @@ def find_batch(
         best.search = [[k * unit, r.total_bytes, r.fits] for k, r in tried.items()]
         return lo * unit, best
 
-    k = min(top, max(1, cfg.batch_size // unit))
-    lo, hi = 0, top + 1  # largest k known to fit, smallest known not to (top + 1: beyond the limit)
-    secant, gallop = 4, 0
-    while True:
-        if compile_at(k).fits:
-            lo = k
-        else:
-            hi = k
-        if progress:
-            progress(*result())
-        if hi - lo <= (step if lo else 1):
-            break
+    def next_k() -> int:
+        nonlocal secant, gallop
         if secant > 0:
             secant -= 1
             k = guess(lo, hi, AIM)
@@ -504,13 +496,68 @@ def find_batch(
             elif hi <= top and lo:  # inside a bracket: keep a quarter of it on each side, so it shrinks anyway
                 margin = max(1, (hi - lo) // 4)
                 k = min(max(k, lo + margin), hi - margin)
-            k = max(lo + 1, min(k, hi - 1))
+            return max(lo + 1, min(k, hi - 1))
+        if hi <= top:
+            return (lo + hi) // 2
+        gallop += 1  # no upper bound yet: gallop up from the largest that fits
+        return min(top, lo + step * 2 ** (gallop - 1))
+
+    def done() -> bool:
+        return hi - lo <= (step if lo else 1)
+
+    lo, hi = 0, top + 1  # largest k known to fit, smallest known not to (top + 1: beyond the limit)
+    secant, gallop = 4, 0
+    if resume is None:
+        k = min(top, max(1, cfg.batch_size // unit))
+    else:
+        _check_resumable(resume, cfg, topo, probe)
+        for batch, total, fits in resume.search:
+            tried[batch // unit] = (
+                resume
+                if batch == resume.global_batch
+                else dataclasses.replace(resume, global_batch=batch, total_bytes=total, fits=fits)
+            )  # a stand-in that carries only what the search reads: memory and fit
+        lo = resume.global_batch // unit
+        hi = min((k for k, r in tried.items() if not r.fits and k > lo), default=top + 1)
+        secant = max(0, secant + 1 - len(tried))  # the first compile was not a guess
+        log(f"  resuming from {len(tried)} compiles: {lo * unit} fits, {hi * unit if hi <= top else '-'} does not")
+        if done():
+            return result()
+        k = next_k()
+    while True:
+        if compile_at(k).fits:
+            lo = k
         else:
-            if hi <= top:
-                k = (lo + hi) // 2
-            else:  # no upper bound yet: gallop up from the largest that fits
-                k, gallop = min(top, lo + step * 2**gallop), gallop + 1
+            hi = k
+        if progress:
+            progress(*result())
+        if done():
+            break
+        k = next_k()
     return result()
+
+
+class ResumeError(ValueError):
+    """A --find-batch report that cannot be continued with these settings."""
+
+
+def _check_resumable(r: Report, cfg: TrainConfig, topo: Topology, mesh: jax.sharding.Mesh) -> None:
+    """A search is resumed only from a batch that fits, compiled for the same model, topology, mesh and options."""
+    want = dict(
+        model=cfg.model,
+        topology=topo.name,
+        mesh=dict(mesh.shape),
+        sharding=cfg.sharding,
+        precision=cfg.precision,
+        remat=cfg.remat,
+        fsdp_min_size=cfg.fsdp_min_size,
+    )
+    have = {key: getattr(r, key) for key in want}
+    if have != want:
+        diff = ", ".join(f"{key} {have[key]!r} (now {want[key]!r})" for key in want if have[key] != want[key])
+        raise ResumeError(f"cannot resume a search made with other settings: {diff}")
+    if not r.fits or not r.search:
+        raise ResumeError("cannot resume: the report is not of a batch that fits, with its search")
 
 
 def table(reports: list[dict]) -> str:
@@ -553,6 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         help="--find-batch stops bisecting when the bracket is this narrow (default: data x fsdp x accum)",
     )
     p.add_argument("--json", help="also write the report as JSON to this file")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="--find-batch: continue the unfinished search whose report is in --json (if that file exists)",
+    )
     p.add_argument("--hlo", help="write the compiled (optimised) HLO text of the step to this file")
     ours, rest = p.parse_known_args(argv)
     if ours.table:
@@ -577,16 +629,31 @@ def main(argv: list[str] | None = None) -> int:
     def progress(_: int, report: Report) -> None:  # the best so far, kept should the search be cut short
         save(dataclasses.replace(report, search_done=False))
 
+    resume = None
+    if ours.resume:
+        if not (ours.find_batch and ours.json):
+            p.error("--resume needs --find-batch and --json")
+        if os.path.exists(ours.json):
+            with open(ours.json) as f:
+                resume = Report(**json.load(f))
+            if resume.search_done:
+                print(f"[aot] the search in {ours.json} is complete: {resume.global_batch}")
+                print(format_report(resume))
+                return 0 if resume.fits else 1
     if ours.find_batch:
         print(f"[aot] {cfg.model} on {topo.name}: searching the largest global batch", flush=True)
-        best, report = find_batch(
-            cfg,
-            topo,
-            limit=ours.max_batch,
-            granularity=ours.batch_granularity,
-            log=lambda s: print(s, flush=True),
-            progress=progress,
-        )
+        try:
+            best, report = find_batch(
+                cfg,
+                topo,
+                limit=ours.max_batch,
+                granularity=ours.batch_granularity,
+                log=lambda s: print(s, flush=True),
+                progress=progress,
+                resume=resume,
+            )
+        except ResumeError as e:
+            p.error(f"{ours.json}: {e}")
         if not best:
             print(f"[aot] {cfg.model} does not fit on {topo.name} even at the smallest batch")
             print(format_report(report))

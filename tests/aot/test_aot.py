@@ -226,6 +226,50 @@ def test_depthwise_conv_stays_a_convolution_on_tpu(topos):
     assert hlo.count(" convolution(") >= 3, hlo
 
 
+def test_find_batch_resumes_a_search_cut_short(topos, monkeypatch):
+    """A search stopped after two compiles and resumed from the report it left (what --json holds) ends where the
+    whole search ends, without compiling again what it had; a report made with other settings is refused."""
+    cfg = parse_args([*TINY, "--mesh", "data=4", "--batch-size", "64", "--steps", "1"])
+    topo = topos["v5e:2x2"]
+    required = [f.name for f in dataclasses.fields(aot.Report) if f.default is f.default_factory is dataclasses.MISSING]
+    base = {name: 0 for name in required}
+    base.update(model=cfg.model, topology=topo.name, mesh={"data": 4, "fsdp": 1, "tensor": 1})
+    base.update(sharding=cfg.sharding, precision=cfg.precision, remat=cfg.remat, hbm_bytes=4000)
+    tried = []
+
+    def fake(c, topo, **kw):
+        tried.append(c.batch_size)
+        need = 1000 + 3 * c.batch_size
+        return aot.Report(**{**base, "global_batch": c.batch_size, "total_bytes": need, "fits": need <= 4000})
+
+    monkeypatch.setattr(aot, "compile_report", fake)
+    full, _ = aot.find_batch(cfg, topo, log=lambda s: None)
+    whole, saved = list(tried), []
+
+    class Stop(Exception):
+        pass
+
+    def progress(_, r):
+        saved.append(dataclasses.replace(r, search_done=False))
+        if len(saved) == 2:
+            raise Stop
+
+    tried.clear()
+    with pytest.raises(Stop):
+        aot.find_batch(cfg, topo, log=lambda s: None, progress=progress)
+    cut = saved[-1]
+    assert cut.fits and [b for b, _, _ in cut.search] == whole[:2] == tried
+    tried.clear()
+    best, report = aot.find_batch(cfg, topo, log=lambda s: None, resume=cut)
+    assert best == full == 1000 and report.global_batch == 1000
+    assert not set(tried) & set(whole[:2]) and 2 + len(tried) <= len(whole) + 1
+    assert [b for b, _, _ in report.search] == whole[:2] + tried
+    with pytest.raises(aot.ResumeError, match="precision 'bf16' \\(now 'fp32'\\)"):
+        aot.find_batch(dataclasses.replace(cfg, precision="fp32"), topo, log=lambda s: None, resume=cut)
+    with pytest.raises(aot.ResumeError, match="not of a batch that fits"):
+        aot.find_batch(cfg, topo, log=lambda s: None, resume=dataclasses.replace(cut, fits=False))
+
+
 def test_table_rows_name_the_fsdp_size_threshold():
     row = dict(
         model="m",
