@@ -654,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         except ResumeError as e:
             p.error(f"{ours.json}: {e}")
+        report = dataclasses.replace(report, search_done=True)  # a resumed best is the report it was read from
         if not best:
             print(f"[aot] {cfg.model} does not fit on {topo.name} even at the smallest batch")
             print(format_report(report))

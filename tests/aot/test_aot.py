@@ -6,6 +6,7 @@ tensor-parallel presets; the reports are checked for fit, FLOPs, collectives and
 from __future__ import annotations
 
 import dataclasses
+import json
 from types import SimpleNamespace
 
 import jax
@@ -226,7 +227,7 @@ def test_depthwise_conv_stays_a_convolution_on_tpu(topos):
     assert hlo.count(" convolution(") >= 3, hlo
 
 
-def test_find_batch_resumes_a_search_cut_short(topos, monkeypatch):
+def test_find_batch_resumes_a_search_cut_short(topos, monkeypatch, tmp_path):
     """A search stopped after two compiles and resumed from the report it left (what --json holds) ends where the
     whole search ends, without compiling again what it had; a report made with other settings is refused."""
     cfg = parse_args([*TINY, "--mesh", "data=4", "--batch-size", "64", "--steps", "1"])
@@ -264,6 +265,18 @@ def test_find_batch_resumes_a_search_cut_short(topos, monkeypatch):
     assert best == full == 1000 and report.global_batch == 1000
     assert not set(tried) & set(whole[:2]) and 2 + len(tried) <= len(whole) + 1
     assert [b for b, _, _ in report.search] == whole[:2] + tried
+    # the command: the report file of the cut search is continued and ends complete
+    path = tmp_path / "cell.json"
+    path.write_text(json.dumps(dataclasses.asdict(cut)))
+    args = [*TINY, "--mesh", "data=4", "--batch-size", "64", "--steps", "1", "--topology", topo.name]
+    tried.clear()
+    assert aot.main([*args, "--find-batch", "--json", str(path), "--resume"]) == 0
+    final = json.loads(path.read_text())
+    assert final["search_done"] and final["global_batch"] == 1000 and len(final["search"]) == len(report.search)
+    path.write_text(json.dumps({**final, "search_done": False}))  # stopped after its last compile, bracket closed
+    tried.clear()
+    assert aot.main([*args, "--find-batch", "--json", str(path), "--resume"]) == 0
+    assert not tried and json.loads(path.read_text()) == final  # nothing compiled; now marked complete
     with pytest.raises(aot.ResumeError, match="precision 'bf16' \\(now 'fp32'\\)"):
         aot.find_batch(dataclasses.replace(cfg, precision="fp32"), topo, log=lambda s: None, resume=cut)
     with pytest.raises(aot.ResumeError, match="not of a batch that fits"):
