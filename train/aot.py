@@ -450,7 +450,8 @@ def find_batch(
     examples (default: one unit), or at ``limit``. Returns the batch (0 when not even one unit fits) and the
     report of the largest batch that fits (else the smallest tried); ``progress`` gets the same pair after every
     compile, so that a search cut short still leaves its best result. ``resume`` (such a report of a batch that
-    fits, for the same model, topology, mesh and options) continues that search from its compiles."""
+    fits, for the same model, topology, mesh and options) continues that search from its compiles, or returns it
+    when that search was complete."""
     probe = topology_mesh(cfg, topo)
     unit = probe.shape["data"] * probe.shape["fsdp"] * cfg.grad_accum_steps
     step = max(1, -(-granularity // unit)) if granularity else 1
@@ -521,7 +522,7 @@ def find_batch(
         hi = min((k for k, r in tried.items() if not r.fits and k > lo), default=top + 1)
         secant = max(0, secant + 1 - len(tried))  # the first compile was not a guess
         log(f"  resuming from {len(tried)} compiles: {lo * unit} fits, {hi * unit if hi <= top else '-'} does not")
-        if done():
+        if done() or resume.search_done:  # a complete search is only reported again
             return result()
         k = next_k()
     while True:
@@ -636,10 +637,6 @@ def main(argv: list[str] | None = None) -> int:
         if os.path.exists(ours.json):
             with open(ours.json) as f:
                 resume = Report(**json.load(f))
-            if resume.search_done:
-                print(f"[aot] the search in {ours.json} is complete: {resume.global_batch}")
-                print(format_report(resume))
-                return 0 if resume.fits else 1
     if ours.find_batch:
         print(f"[aot] {cfg.model} on {topo.name}: searching the largest global batch", flush=True)
         try:

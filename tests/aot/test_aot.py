@@ -277,6 +277,11 @@ def test_find_batch_resumes_a_search_cut_short(topos, monkeypatch, tmp_path):
     tried.clear()
     assert aot.main([*args, "--find-batch", "--json", str(path), "--resume"]) == 0
     assert not tried and json.loads(path.read_text()) == final  # nothing compiled; now marked complete
+    assert aot.main([*args, "--find-batch", "--json", str(path), "--resume"]) == 0  # complete: reported again
+    assert not tried and json.loads(path.read_text()) == final
+    with pytest.raises(SystemExit):  # even a complete search is not reported for other settings
+        aot.main([*args, "--precision", "fp32", "--find-batch", "--json", str(path), "--resume"])
+    assert not tried and json.loads(path.read_text()) == final
     with pytest.raises(aot.ResumeError, match="precision 'bf16' \\(now 'fp32'\\)"):
         aot.find_batch(dataclasses.replace(cfg, precision="fp32"), topo, log=lambda s: None, resume=cut)
     with pytest.raises(aot.ResumeError, match="not of a batch that fits"):
