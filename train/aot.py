@@ -275,6 +275,19 @@ class Report:
     search_done: bool = True  # False in the --json file that --find-batch rewrites after each compile
 
 
+def _settings(cfg: TrainConfig, topo: Topology, mesh: jax.sharding.Mesh) -> dict:
+    """The fields of a report that say what was compiled (the batch aside): a search continues only under them."""
+    return dict(
+        model=cfg.model,
+        topology=topo.name,
+        mesh=dict(mesh.shape),
+        sharding=cfg.sharding,
+        precision=cfg.precision,
+        remat=cfg.remat,
+        fsdp_min_size=cfg.fsdp_min_size,
+    )
+
+
 def _oom_bytes(message: str) -> int:
     """The memory the TPU compiler said it needed, from its out-of-memory error (-1 when not stated)."""
     m = re.search(r"required for [^(]*\((?P<n>[\d.]+)(?P<u>[KMGT])\)", message)
@@ -295,16 +308,10 @@ def compile_report(
     mesh = built.plan.mesh
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     common = dict(
-        model=cfg.model,
-        topology=topo.name,
+        **_settings(cfg, topo, mesh),
         chip=topo.chip.name,
         devices=n,
         hosts=topo.hosts,
-        mesh=dict(mesh.shape),
-        sharding=cfg.sharding,
-        fsdp_min_size=cfg.fsdp_min_size,
-        precision=cfg.precision,
-        remat=cfg.remat,
         global_batch=cfg.batch_size,
         per_process_batch=cfg.batch_size // topo.hosts,
         per_device_batch=cfg.batch_size // dp,
@@ -544,15 +551,7 @@ class ResumeError(ValueError):
 
 def _check_resumable(r: Report, cfg: TrainConfig, topo: Topology, mesh: jax.sharding.Mesh) -> None:
     """A search is resumed only from a batch that fits, compiled for the same model, topology, mesh and options."""
-    want = dict(
-        model=cfg.model,
-        topology=topo.name,
-        mesh=dict(mesh.shape),
-        sharding=cfg.sharding,
-        precision=cfg.precision,
-        remat=cfg.remat,
-        fsdp_min_size=cfg.fsdp_min_size,
-    )
+    want = _settings(cfg, topo, mesh)
     have = {key: getattr(r, key) for key in want}
     if have != want:
         diff = ", ".join(f"{key} {have[key]!r} (now {want[key]!r})" for key in want if have[key] != want[key])
