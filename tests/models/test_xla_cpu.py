@@ -121,3 +121,23 @@ def test_cpu_gradient_of_a_depthwise_conv_has_no_grouped_convolution():
 
     assert " convolution(" not in hlo(w)
     assert "feature_group_count=4" in hlo(jnp.ones((3, 3, 2, 16)))
+
+
+def _ynn_convolutions(opts: dict | None) -> int:
+    """Convolutions that XLA:CPU compiled into a YNNPACK fusion, for a 3x3 convolution and a ReLU."""
+    x, w = jnp.ones((8, 28, 28, 64)), jnp.ones((3, 3, 64, 64))  # big enough for YNNPACK to take it
+
+    def f(x, w):
+        return jax.nn.relu(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC))
+
+    hlo = jax.jit(f).lower(x, w).compile(compiler_options=opts).as_text()
+    blocks = re.split(r"\n(?=%)", hlo)
+    fused = set(re.findall(r"ynn_fusion[.\d]* = .*calls=%([\w.\-]+)", hlo))
+    return sum(" convolution(" in b for b in blocks if b.split(" ", 1)[0].lstrip("%") in fused)
+
+
+def test_options_keep_convolutions_out_of_ynnpack():
+    """With XLA's defaults the convolution is a YNNPACK fusion; with the options it is not (an XLA upgrade that
+    renames the option or its values fails here, not silently)."""
+    assert _ynn_convolutions(None) == 1
+    assert _ynn_convolutions(compiler_options("cpu")) == 0
