@@ -13,7 +13,7 @@ from flax import nnx
 from jax import numpy as jnp
 
 import vitjax
-from vitjax.xla_cpu import CPU_COMPILER_OPTIONS, compiler_options, conv_general_dilated, grad_boundary
+from vitjax.xla_cpu import CPU_COMPILER_OPTIONS, compiler_options, conv_general_dilated, grad_boundary, max_pool
 
 
 def _f(x):
@@ -141,3 +141,32 @@ def test_options_keep_convolutions_out_of_ynnpack():
     renames the option or its values fails here, not silently)."""
     assert _ynn_convolutions(None) == 1
     assert _ynn_convolutions(compiler_options("cpu")) == 0
+
+
+POOLS = [  # H, W, kernel, stride, pads
+    (16, 16, 3, 2, ((1, 1), (1, 1))),  # halonet50ts's stem pool
+    (15, 13, 3, 2, ((1, 2), (1, 1))),  # odd sizes, uneven padding (torch's ceil_mode pads)
+    (12, 12, 2, 2, ((0, 0), (0, 0))),
+    (11, 11, 3, 1, ((0, 0), (1, 0))),  # overlapping windows
+]
+
+
+@pytest.mark.parametrize("h,w,k,s,pads", POOLS)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_equals_reduce_window(h, w, k, s, pads, ties):
+    """Values equal XLA's reduce_window exactly and the gradient its select-and-scatter gradient, also when a
+    window holds its maximum more than once (the first in row-major order takes the gradient)."""
+    x = jax.random.normal(jax.random.key(0), (2, h, w, 3))
+    if ties:
+        x = jnp.round(x)  # few distinct values: most windows tie
+    cot = jax.random.normal(jax.random.key(1), max_pool(x, (k, k), (s, s), pads).shape)
+
+    def ref(x):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), *pads, (0, 0)))
+
+    ours, vjp = jax.vjp(lambda x: max_pool(x, (k, k), (s, s), pads), x)
+    theirs, ref_vjp = jax.vjp(ref, x)
+    np.testing.assert_array_equal(ours, theirs)
+    # an input in overlapping windows sums its cotangents in another order: float32 rounding, while a gradient
+    # sent to the wrong tie would be off by a whole cotangent
+    np.testing.assert_allclose(vjp(cot)[0], ref_vjp(cot)[0], rtol=1e-6, atol=1e-6)

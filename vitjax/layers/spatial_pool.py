@@ -9,6 +9,8 @@ import math
 import jax
 from jax import numpy as jnp
 
+from vitjax.xla_cpu import max_pool
+
 GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax")
 
 
@@ -31,8 +33,7 @@ def _pads(x: jax.Array, k: int, s: int, p: int, ceil_mode: bool) -> list[tuple[i
 def max_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0) -> jax.Array:
     """``nn.MaxPool2d(kernel_size, stride, padding)``: padding never wins (it is -inf)."""
     pads = _pads(x, kernel_size, stride, padding, False)
-    window, strides = (1, kernel_size, kernel_size, 1), (1, stride, stride, 1)
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
+    return max_pool(x, (kernel_size, kernel_size), (stride, stride), pads[1:3])  # shifted slices on the CPU
 
 
 def avg_pool2d(
