@@ -128,7 +128,9 @@ def default_models() -> list[str]:
 # -- timing ----------------------------------------------------------------------------------------------------
 def alternate(calls: dict[str, Any], rounds: int, min_time: float) -> dict[str, list[float]]:
     """Seconds per call of each side, one entry per round. Each side is called once untimed first (which also
-    sizes its block to ``min_time``); then the sides take turns, in reverse order every other round."""
+    sizes its block to ``min_time``); then the sides take turns, in reverse order every other round, each turn
+    starting with one untimed call: the first call after the other side's turn runs slow (a halonet50ts training
+    step right after timm's: 4.2-5.3 s, then 3.1-3.6 s), and with one call per block it was the one timed."""
     iters = {}
     for name, call in calls.items():
         t0 = time.perf_counter()
@@ -139,6 +141,7 @@ def alternate(calls: dict[str, Any], rounds: int, min_time: float) -> dict[str, 
     for r in range(rounds):
         for name in order if r % 2 == 0 else order[::-1]:
             time.sleep(0.3)  # let the other side's spinning worker threads go idle
+            calls[name]()
             t0 = time.perf_counter()
             for _ in range(iters[name]):
                 calls[name]()
