@@ -92,6 +92,16 @@ def _taps(shape, kernel, strides, dilation):
     ]
 
 
+def _place(part, rows, cols, shape):
+    """The transpose of taking the strided slice ``[:, rows, cols]`` of an array of ``shape``: ``part`` placed
+    back at the slice's positions, zeros elsewhere."""
+    zero = jnp.zeros((), part.dtype)
+    config = [(0, 0, 0)]
+    for sl, n, size in ((rows, part.shape[1], shape[1]), (cols, part.shape[2], shape[2])):
+        config.append((sl.start, size - sl.start - (n - 1) * sl.step - 1, sl.step - 1))
+    return jax.lax.pad(part, zero, (*config, (0, 0, 0)))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _depthwise_by_shifts(x, w, strides, pads, dilation):
     """An NHWC / HWIO depthwise convolution (``w``: kh, kw, 1, C with ``C`` = channels of ``x``, both in the
@@ -116,14 +126,9 @@ def _depthwise_bwd(strides, pads, dilation, res, g):
     x = jax.lax.optimization_barrier(x)
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     taps = _taps(xp.shape, w.shape[:2], strides, dilation)
-    zero = jnp.zeros((), g.dtype)
     dxp = None
     for i, j, rows, cols in taps:
-        # the tap's slice, transposed: dy * w placed back at its strided positions
-        config = [(0, 0, 0)]
-        for sl, n, size in ((rows, g.shape[1], xp.shape[1]), (cols, g.shape[2], xp.shape[2])):
-            config.append((sl.start, size - sl.start - (n - 1) * sl.step - 1, sl.step - 1))
-        part = jax.lax.pad(g * w[i : i + 1, j : j + 1], zero, (*config, (0, 0, 0)))
+        part = _place(g * w[i : i + 1, j : j + 1], rows, cols, xp.shape)  # the tap's slice, transposed
         dxp = part if dxp is None else dxp + part
     (top, _), (left, _) = pads
     return dxp[:, top : top + x.shape[1], left : left + x.shape[2]], _weight_grad(xp, g, taps).reshape(w.shape)
@@ -244,16 +249,12 @@ def _max_fwd(x, kernel, strides, pads):
 def _max_bwd(kernel, strides, pads, res, g):
     x, out = res
     xp, taps = _pool_taps(x, kernel, strides, pads)
-    zero = jnp.zeros((), g.dtype)
     taken = jnp.zeros(out.shape, bool)  # outputs whose maximum an earlier tap already took
     dxp = None
     for _, _, rows, cols in taps:
         hit = (xp[:, rows, cols] == out) & ~taken
         taken = taken | hit
-        config = [(0, 0, 0)]
-        for sl, n, size in ((rows, g.shape[1], xp.shape[1]), (cols, g.shape[2], xp.shape[2])):
-            config.append((sl.start, size - sl.start - (n - 1) * sl.step - 1, sl.step - 1))
-        part = jax.lax.pad(jnp.where(hit, g, zero), zero, (*config, (0, 0, 0)))
+        part = _place(jnp.where(hit, g, jnp.zeros((), g.dtype)), rows, cols, xp.shape)
         dxp = part if dxp is None else dxp + part
     (top, _), (left, _) = pads
     return (dxp[:, top : top + x.shape[1], left : left + x.shape[2]],)
