@@ -317,6 +317,7 @@ def environment(args: argparse.Namespace) -> dict:
         "torch_threads": torch.get_num_threads(),
         "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "xla_compiler_options": xla_options(args),
         "load_avg_start": os.getloadavg(),
         "args": {k: v for k, v in vars(args).items()},

@@ -6,6 +6,7 @@ import sys
 
 from train.config import parse_args
 from train.loop import NonFiniteError, run
+from vitjax.xla_cpu import keep_freed_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,4 +20,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # re-executes once with glibc's heap kept between steps (vitjax.xla_cpu)
     sys.exit(main())

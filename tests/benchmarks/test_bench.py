@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vitjax.xla_cpu import HEAP_TUNABLES
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--models", "vit_tiny_patch16_224", "--override", "depth=1", "--override", "img_size=32"]
 
@@ -26,6 +28,8 @@ def test_benchmark_runs_end_to_end(tmp_path):
     res = json.loads(out.read_text())
 
     assert res["peak"]["peak_gflops"] > 0
+    # both sides ran in the re-executed process, with glibc's heap kept between calls (vitjax.xla_cpu)
+    assert set(HEAP_TUNABLES) <= set(res["env"]["glibc_tunables"].split(":"))
     (model,) = res["models"]
     assert model["errors"] == {}
     assert set(model["tasks"]) == {"infer1", "infer", "train"}
