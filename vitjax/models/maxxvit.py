@@ -55,7 +55,7 @@ from vitjax.layers import (
     maybe,
     to_2tuple,
 )
-from vitjax.layers.attention import merge_heads
+from vitjax.layers.attention import merge_heads, split_qkv
 from vitjax.layers.channels import make_divisible
 from vitjax.layers.conv import conv_out_size, create_conv2d, pad_same
 from vitjax.layers.partition import grid_partition, grid_reverse, window_partition, window_reverse
@@ -249,19 +249,9 @@ class Attention(nnx.Module):
         self.proj_drop = Dropout(cfg.proj_drop, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h, d = self.num_heads, self.dim_head
-        kernel = self.qkv.kernel[...]
-        c = kernel.shape[0]
-        if self.head_first:  # per head [q_h | k_h | v_h]
-            out = jnp.einsum("bnc,chtd->tbhnd", x, kernel.reshape(c, h, 3, d))  # 3, B, H, N, D
-            bias = None if self.qkv.bias is None else self.qkv.bias[...].reshape(h, 3, d).transpose(1, 0, 2)  # 3, H, D
-        else:  # [q; k; v], each head-major
-            out = jnp.einsum("bnc,cthd->tbhnd", x, kernel.reshape(c, 3, h, d))  # 3, B, H, N, D
-            bias = None if self.qkv.bias is None else self.qkv.bias[...].reshape(3, h, d)  # 3, H, D
-        if bias is not None:
-            out = out + bias[:, None, :, None, :]  # 3, B, H, N, D
+        q, k, v = split_qkv(self.qkv, x, self.num_heads, head_first=self.head_first)  # each B, H, N, D
         rel = self.rel_pos() if self.rel_pos is not None else None
-        y = attend(out[0], out[1], out[2], scale=d**-0.5, bias=rel, dropout=self.attn_drop)  # B, H, N, D
+        y = attend(q, k, v, scale=self.dim_head**-0.5, bias=rel, dropout=self.attn_drop)  # B, H, N, D
         return maybe(self.proj_drop, self.proj(merge_heads(y)))
 
 
