@@ -4,6 +4,8 @@ the CPU equal XLA's convolutions, values and gradients."""
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 
 import jax
@@ -13,6 +15,7 @@ from flax import nnx
 from jax import numpy as jnp
 
 import vitjax
+from vitjax.layers.linear import Dense
 from vitjax.xla_cpu import CPU_COMPILER_OPTIONS, compiler_options, conv_general_dilated, grad_boundary, max_pool
 
 
@@ -76,11 +79,14 @@ CONVS = [  # H, kernel, stride, padding, groups, in, out, dilation
     (13, 3, 2, "VALID", 8, 8, 8, 1),
     (17, 5, 2, ((2, 1), (1, 2)), 8, 8, 8, 2),  # dilated, uneven explicit padding
     (9, 3, 1, "SAME", 4, 8, 16, 1),  # two inputs per group: not depthwise, XLA's own convolution
+    (9, 1, 1, "SAME", 1, 8, 16, 1),  # pointwise: a matmul of the 2-D view
+    (10, 1, 1, ((0, 0), (0, 0)), 1, 16, 8, 1),
+    (9, 1, 2, "VALID", 1, 8, 16, 1),  # strided 1x1: XLA's own convolution
 ]
 
 
 @pytest.mark.parametrize("case", CONVS, ids=lambda c: "-".join(map(str, c[:2] + c[4:])))
-def test_depthwise_by_shifts_equals_xla(case):
+def test_cpu_convolutions_equal_xla(case):
     size, k, stride, pad, groups, cin, cout, dil = case
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, size, size, cin)), jnp.float32)
@@ -121,6 +127,49 @@ def test_cpu_gradient_of_a_depthwise_conv_has_no_grouped_convolution():
 
     assert " convolution(" not in hlo(w)
     assert "feature_group_count=4" in hlo(jnp.ones((3, 3, 2, 16)))
+
+
+def _transposed_copies(loss, activations: list[tuple[int, ...]], *args) -> list[tuple[int, ...]]:
+    """The arrays that the compiled gradient of ``loss`` writes with the axes of one of ``activations`` (an
+    input or output of the layer) permuted, or those of its 2-D view ``(positions, features)`` swapped."""
+    hlo = jax.jit(jax.grad(loss, tuple(range(len(args))))).lower(*args).compile().as_text()
+    entry = hlo[hlo.index("ENTRY") :]
+    written = [
+        tuple(map(int, d.split(","))) for d in re.findall(r"= f32\[([\d,]+)\]\S* (?:fusion|copy|transpose)\(", entry)
+    ]
+    moved = set()
+    for shape in activations:
+        moved |= {p for p in itertools.permutations(shape) if p != shape}
+        moved.add((shape[-1], math.prod(shape[:-1])))
+    return [w for w in written if w in moved]
+
+
+def test_weight_gradients_contract_in_place():
+    """The gradient of a 1x1 convolution and of a Linear on tokens contracts batch and space (tokens) in place:
+    XLA:CPU writes no transposed copy of the input or of the output gradient, and runs no convolution. Through
+    XLA's own convolution, and nnx's own Linear, it does (if an XLA upgrade stops doing so, the workarounds in
+    ``conv_general_dilated`` and ``Dense`` can go)."""
+    x, w = jnp.ones((4, 16, 16, 32)), jnp.ones((1, 1, 32, 48))
+    maps = [(4, 16, 16, 32), (4, 16, 16, 48)]
+
+    def conv_loss(fn):
+        return lambda x, w: jnp.sum(jnp.sin(fn(x, w, (1, 1), "SAME", dimension_numbers=NHWC)))
+
+    hlo = jax.jit(jax.grad(conv_loss(conv_general_dilated), (0, 1))).lower(x, w).compile().as_text()
+    assert " convolution(" not in hlo
+    assert _transposed_copies(conv_loss(conv_general_dilated), maps, x, w) == []
+    assert _transposed_copies(conv_loss(jax.lax.conv_general_dilated), maps, x, w) != []
+
+    tokens = jnp.ones((4, 50, 32))
+    for cls, copies in ((Dense, False), (nnx.Linear, True)):
+        layer = cls(32, 48, rngs=nnx.Rngs(0))
+        graph, state = nnx.split(layer)
+
+        def lin_loss(state, t, graph=graph):
+            return jnp.sum(jnp.sin(nnx.merge(graph, state)(t)))
+
+        np.testing.assert_allclose(layer(tokens), nnx.Linear.__call__(layer, tokens), rtol=1e-6)
+        assert bool(_transposed_copies(lin_loss, [(4, 50, 32), (4, 50, 48)], state, tokens)) is copies, cls
 
 
 def _ynn_convolutions(opts: dict | None) -> int:

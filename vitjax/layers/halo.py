@@ -27,6 +27,7 @@ from flax import nnx
 from jax import numpy as jnp
 
 from vitjax.layers.channels import make_divisible
+from vitjax.layers.linear import Dense
 from vitjax.layers.spatial_pool import avg_pool2d
 from vitjax.sharding import EMBED, QKV, param, with_axes
 
@@ -87,9 +88,9 @@ class PosEmbedRel(nnx.Module):
         self.width_rel = param(init(rngs.params(), (2 * win_size - 1, dim_head)), (None, None))
 
 
-def fan_in_linear(n_in: int, n_out: int, *, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
+def fan_in_linear(n_in: int, n_out: int, *, bias: bool, rngs: nnx.Rngs) -> Dense:
     """A projection initialised as timm's self-attention 1x1 convs (truncated normal, std ``fan_in ** -0.5``)."""
-    return nnx.Linear(
+    return Dense(
         n_in,
         n_out,
         use_bias=bias,

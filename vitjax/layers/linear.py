@@ -7,6 +7,7 @@ padding (see :func:`get_padding`), never XLA's ``'SAME'``.
 
 from __future__ import annotations
 
+import jax
 from flax import nnx
 from jax import numpy as jnp
 
@@ -17,6 +18,22 @@ _trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+class Dense(nnx.Linear):
+    """``nnx.Linear`` computed on the 2-D view ``(prod(leading axes), in)`` of its input: the same values.
+
+    It is for the gradient. The weight gradient of a Linear on tokens ``(B, N, C)`` contracts two axes; XLA:CPU
+    computes that by first writing one operand transposed (in a ViT's training step, the input or the output
+    gradient of every Linear, 0.7 s of a vit_medium_patch16_reg4_gap_256 step's thread time). On the 2-D view it
+    contracts one axis in place: that step at batch 8 went from 2.99 to 2.58 s.
+    """
+
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        if inputs.ndim <= 2:
+            return super().__call__(inputs, out_sharding)
+        flat = inputs.reshape(-1, inputs.shape[-1])  # prod(leading), in
+        return super().__call__(flat, out_sharding).reshape(*inputs.shape[:-1], -1)  # ..., out
+
+
 def Linear(
     in_features: int,
     out_features: int,
@@ -25,8 +42,8 @@ def Linear(
     axes: Axes = (None, None),
     rngs: nnx.Rngs,
 ) -> nnx.Linear:
-    """``nnx.Linear`` with truncated-normal(0.02) weights, zero bias and logical axes ``axes = (in, out)``."""
-    return nnx.Linear(
+    """:class:`Dense` with truncated-normal(0.02) weights, zero bias and logical axes ``axes = (in, out)``."""
+    return Dense(
         in_features,
         out_features,
         use_bias=bias,

@@ -11,13 +11,14 @@ from flax import nnx
 
 from vitjax.layers.act import get_act
 from vitjax.layers.channels import make_divisible
+from vitjax.layers.linear import Dense
 from vitjax.sharding import EMBED, MLP, with_axes
 
 _fc_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _fc(n_in: int, n_out: int, bias: bool, axes: tuple, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(
+def _fc(n_in: int, n_out: int, bias: bool, axes: tuple, rngs: nnx.Rngs) -> Dense:
+    return Dense(
         n_in,
         n_out,
         use_bias=bias,
