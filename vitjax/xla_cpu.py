@@ -76,6 +76,9 @@ CPU_COMPILER_OPTIONS: dict[str, str] = {
     "xla_disable_hlo_passes": "cse_barrier_expander",
     # XLA's default YNNPACK fusion types less INDIVIDUAL_CONVOLUTION: convolutions go to Eigen
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    # XLA's own loops in 512-bit vectors where the CPU has them (AVX-512; elsewhere the widest it has): on an
+    # AVX-512 machine, halonet50ts training at batch 8 2.16 -> 2.04 s, maxxvitv2 9.4 -> 9.2 s, ViTs unchanged
+    "xla_cpu_prefer_vector_width": "512",
 }
 
 
