@@ -78,6 +78,8 @@ CONVS = [  # H, kernel, stride, padding, groups, in, out, dilation
     (16, 7, 1, "SAME", 8, 8, 8, 1),
     (13, 3, 2, "VALID", 8, 8, 8, 1),
     (17, 5, 2, ((2, 1), (1, 2)), 8, 8, 8, 2),  # dilated, uneven explicit padding
+    (17, 5, 1, ((3, 1), (0, 2)), 8, 8, 8, 2),  # stride 1 (input gradient by the flipped kernel), dilated, uneven
+    (9, 3, 1, "SAME", 8, 8, 16, 1),  # stride 1 with a channel multiplier
     (9, 3, 1, "SAME", 4, 8, 16, 1),  # two inputs per group: not depthwise, XLA's own convolution
     (9, 1, 1, "SAME", 1, 8, 16, 1),  # pointwise: a matmul of the 2-D view
     (10, 1, 1, ((0, 0), (0, 0)), 1, 16, 8, 1),
