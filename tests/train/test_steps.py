@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from jax import numpy as jnp
@@ -70,12 +71,15 @@ def test_grad_accumulation_matches_one_batch(vit):
     for accum in (1, 2, 4):
         _, st, step = vit if accum == 1 else _vit_setup(accum_steps=accum, ema_decay_rate=0.9)
         new, m = step(st, batch, rng)
-        results.append((float(m["loss"]), float(m["grad_norm"]), jax.device_get(new.params)))
-    for loss, gn, params in results[1:]:
+        # Adam's first moment after one update is (1 - b1) * the clipped gradient: linear in it, unlike the new
+        # parameters (the first Adam step is ~lr * sign(g), which flips for gradients near zero).
+        mu = optax.tree_utils.tree_get(new.opt_state, "mu")
+        results.append((float(m["loss"]), float(m["grad_norm"]), jax.device_get(mu)))
+    for loss, gn, mu in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-5)
         assert gn == pytest.approx(results[0][1], rel=1e-4)
-        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results[0][2]), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        for a, b in zip(jax.tree.leaves(mu), jax.tree.leaves(results[0][2]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
 
 
 def test_remat_gives_the_same_step(vit):
