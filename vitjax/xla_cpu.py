@@ -35,7 +35,7 @@ or the output gradient transposed (for halonet50ts, a BatchNorm backward's outpu
 1.4 s of a training step's thread time). On the 2-D view ``(N*H*W, C)`` the gradient contracts one axis in
 place. :func:`conv_general_dilated` computes a 1x1 convolution (stride 1, no padding, one group) as that matmul
 on the CPU: halonet50ts training at batch 8, 2.55 -> 2.26 s. ``vitjax.layers.linear.Dense`` does the same for
-Linears.
+Linears, also on the CPU only (on a TPU the merged view costs a relayout and memory).
 
 **YNNPACK convolutions.** By default XLA:CPU hands every convolution to YNNPACK (its fusion types are reduce,
 individual dot and individual convolution). On this project's machine (2 cores) YNNPACK's convolutions are the
