@@ -4,7 +4,8 @@
 
 Jobs: ``memory`` (one side, one task: build the model, compile, run two steps), ``write_checkpoint`` (a timm /
 transformers model's random state_dict to ``.safetensors``), ``convert`` (that file into an abstract vitjax model
-with ``converters.from_torch``). A torch job never imports jax, and a jax job never imports torch.
+with ``converters.from_torch``), ``time`` (one model's speed, both sides alternating). A torch memory job never
+imports jax, and a jax one never imports torch.
 """
 
 from __future__ import annotations
@@ -163,7 +164,16 @@ def convert(job: dict) -> dict:
     }
 
 
-JOBS = {"memory": memory, "write_checkpoint": write_checkpoint, "convert": convert}
+def time_model(job: dict) -> dict:
+    """``benchmarks.run.bench_model``: both sides' speed, alternating, in this process."""
+    import argparse
+
+    from benchmarks import run
+
+    return run.bench_model(job["case"], argparse.Namespace(**job["args"]))
+
+
+JOBS = {"memory": memory, "write_checkpoint": write_checkpoint, "convert": convert, "time": time_model}
 
 
 def main() -> None:

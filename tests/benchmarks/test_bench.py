@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,9 @@ def test_benchmark_runs_end_to_end(tmp_path):
     assert set(HEAP_TUNABLES) <= set(res["env"]["glibc_tunables"].split(":"))
     (model,) = res["models"]
     assert model["errors"] == {}
+    # the model was timed in a worker process of its own, which kept the heap tunables
+    assert model["process"]["pid"] != res["env"]["pid"]
+    assert set(HEAP_TUNABLES) <= set(model["process"]["glibc_tunables"].split(":"))
     assert set(model["tasks"]) == {"infer1", "infer", "train"}
     for task, t in model["tasks"].items():
         assert set(t["images_per_s"]) == {"vitjax", "torch"}, task
@@ -50,3 +54,10 @@ def test_benchmark_runs_end_to_end(tmp_path):
 
     text = md.read_text()
     assert "| vit_tiny_patch16_224 | train | 2 |" in text and "vitjax/torch" in text
+
+
+def test_worker_failure_names_the_job_and_the_cause():
+    code = "from benchmarks.run import run_worker; run_worker({'job': 'no_such_job'}, timeout=120)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert re.search(r"RuntimeError: worker no_such_job failed \(exit 1\):[\s\S]*KeyError: 'no_such_job'", proc.stderr)
