@@ -244,6 +244,8 @@ def _fmt_rates(t: dict) -> str:
 def run_worker(job: dict, timeout: float = 3600, echo: bool = False) -> dict:
     """Run ``job`` in a fresh ``benchmarks.worker`` process (this one's environment) and return its result;
     with ``echo`` its other stdout lines are printed as they come."""
+    from benchmarks.worker import RESULT
+
     cmd = [sys.executable, "-m", "benchmarks.worker", json.dumps(job)]
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
@@ -254,8 +256,8 @@ def run_worker(job: dict, timeout: float = 3600, echo: bool = False) -> dict:
         timer.start()
         try:
             for line in proc.stdout:
-                if line.startswith("RESULT "):
-                    result = json.loads(line[len("RESULT ") :])
+                if line.startswith(RESULT):
+                    result = json.loads(line[len(RESULT) :])
                 elif echo:
                     print(line, end="", flush=True)
             code = proc.wait()

@@ -32,13 +32,14 @@ class Dense(nnx.Linear):
     """
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        linear = super().__call__
         if inputs.ndim <= 2 or out_sharding is not None:
-            return super().__call__(inputs, out_sharding)
+            return linear(inputs, out_sharding)
 
         def flat(x):
-            return nnx.Linear.__call__(self, x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)  # ..., out
+            return linear(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)  # ..., out
 
-        return jax.lax.platform_dependent(inputs, cpu=flat, default=lambda x: nnx.Linear.__call__(self, x))
+        return jax.lax.platform_dependent(inputs, cpu=flat, default=linear)
 
 
 def Linear(
