@@ -61,11 +61,11 @@ page faults remain and the step takes 2.75 s, inference 0.90 s. :func:`keep_free
 running program with them (``python -m train`` and ``python -m benchmarks`` call it first); the cost is that the
 process keeps its peak memory until it exits, and that the one heap fragments, by chance: a large block that
 finds no free hole of its size extends the heap. halonet50ts's training step at batch 8 peaked at 7.0 GiB in the
-benchmark run of 2026-12-02 17:39 UTC and at 4.2-4.5 GiB in five fresh processes that evening (4.4 GiB without
-the tunables); one maxxvitv2_rmlp_base_rw_224 process (batch 8, pinned to one core) held 8.2 GiB for four
-training steps, then grew to 13.5 GiB at the fifth, which took 29 s instead of 12 while it faulted the new memory
-in. ``VITJAX_HEAP=default`` opts out. torch's CPU allocator gains too
-(timm's vit_medium step 2.06 -> 1.94 s, inference 0.73 -> 0.63 s).
+benchmark run of 2026-12-02 17:39 UTC and at 4.18-4.21 GiB in six fresh processes that evening (4.37-4.44 GiB in
+two without the tunables); one maxxvitv2_rmlp_base_rw_224 process (batch 8, pinned to one core) held 8.2 GiB for
+four training steps, then grew to 13.5 GiB at the fifth, which took 29 s instead of 12 while it faulted the new
+memory in. ``VITJAX_HEAP=default`` opts out. torch's CPU allocator gains too (timm's vit_medium step 2.06 -> 1.94
+s, inference 0.73 -> 0.63 s).
 """
 
 from __future__ import annotations
