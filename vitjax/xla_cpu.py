@@ -64,8 +64,24 @@ finds no free hole of its size extends the heap. halonet50ts's training step at 
 benchmark run of 2026-12-02 17:39 UTC and at 4.18-4.21 GiB in six fresh processes that evening (4.37-4.44 GiB in
 two without the tunables); one maxxvitv2_rmlp_base_rw_224 process (batch 8, pinned to one core) held 8.2 GiB for
 four training steps, then grew to 13.5 GiB at the fifth, which took 29 s instead of 12 while it faulted the new
-memory in. ``VITJAX_HEAP=default`` opts out. torch's CPU allocator gains too (timm's vit_medium step 2.06 -> 1.94
-s, inference 0.73 -> 0.63 s).
+memory in. torch's CPU allocator gains too (timm's vit_medium step 2.06 -> 1.94 s, inference 0.73 -> 0.63 s).
+
+``VITJAX_HEAP`` picks the mode: ``kept`` (the default, above), ``hugepages`` or ``default`` (glibc's own).
+:data:`HUGE_PAGE_TUNABLES` bound the memory instead: blocks of 32 MiB and more are mapped for each call and handed
+back after it, in transparent huge pages (glibc's ``hugetlb=1`` asks for them; the kernel's THP mode must be
+``madvise`` or ``always``), so a 2.3 GB temporary takes about 1,300 faults instead of 561,000; smaller blocks stay
+on heaps that are never trimmed, and the arenas are glibc's usual ones. Measured on this project's machine
+(2026-12-03, batch 8, steady steps, glibc's own / ``kept`` / ``hugepages``): vit_medium training 2.30 / 2.12 / 2.14
+s and inference 0.76 / 0.64 / 0.64 s; maxxvitv2 training 8.2 / 7.27 / 6.5-6.6 s; halonet50ts training 2.11 / 1.83 s
+/ every other step 1.73-1.78 s and the others 3.1-4.1 s. That alternation is not in the process's page faults (the
+same 1,447 huge pages a step, no compaction stalls): this machine is a virtual machine whose balloon device reports
+free memory to its host, so memory handed back to the kernel is likely discarded by the host and faulted in there
+when it is next used. ``kept`` never hands it back. Its growth, measured: vit_medium's training process grew from
+2.62 to 4.11 GiB (one more temporary) within its first 11 steps in 5 of 6 processes (two of the six also had
+``hugetlb=1``), and the two followed for 30 steps grew no further. Its single arena has a cost: maxxvitv2's step
+spends more time in glibc's ``malloc`` (5.2% of the process's samples against 1.2% with ``hugepages``, under
+``perf``), and with ``hugepages`` plus one arena the step took 8.0 s. ``kept`` still needs its one arena: glibc maps
+a large block from another arena whatever ``mmap_max`` says.
 """
 
 from __future__ import annotations
@@ -97,21 +113,40 @@ def compiler_options(platform: str | None = None) -> dict[str, str] | None:
 
 # glibc's tunables: large blocks from the heap (never mmap), a heap that is never trimmed (64 GiB), one arena
 HEAP_TUNABLES = ("glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=68719476736", "glibc.malloc.arena_max=1")
+# the bounded alternative: blocks of 32 MiB and more (glibc's largest threshold) mmapped and handed back after every
+# call, in transparent huge pages (2 MiB: 1/512 of the faults); smaller blocks from heaps that are never trimmed
+HUGE_PAGE_TUNABLES = (
+    "glibc.malloc.hugetlb=1",
+    "glibc.malloc.mmap_threshold=33554432",
+    "glibc.malloc.trim_threshold=68719476736",
+)
+HEAP_MODES: dict[str, tuple[str, ...]] = {"kept": HEAP_TUNABLES, "hugepages": HUGE_PAGE_TUNABLES, "default": ()}
+
+
+def heap_mode() -> str:
+    """``VITJAX_HEAP``: ``kept`` (unset: :data:`HEAP_TUNABLES`), ``hugepages`` (:data:`HUGE_PAGE_TUNABLES`) or
+    ``default`` (glibc's own settings)."""
+    mode = os.environ.get("VITJAX_HEAP", "kept")
+    if mode not in HEAP_MODES:
+        raise ValueError(f"VITJAX_HEAP={mode!r}: expected one of {', '.join(HEAP_MODES)}")
+    return mode
 
 
 def keep_freed_memory() -> None:
-    """Re-execute this Python program (its interpreter, options and arguments) with :data:`HEAP_TUNABLES` added to
-    ``GLIBC_TUNABLES``, so that XLA:CPU's per-call buffers are reused instead of faulted in anew (module
-    docstring). Call it first thing in a program's entry point: it does not return when it re-executes. Does
-    nothing off Linux/glibc, when the tunables are already set (so also after the re-execution), or when
-    ``VITJAX_HEAP=default``."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or os.environ.get("VITJAX_HEAP") == "default":
+    """Re-execute this Python program (its interpreter, options and arguments) with the tunables of
+    :func:`heap_mode` added to ``GLIBC_TUNABLES`` (replacing any of the other mode's), so that XLA:CPU's per-call
+    buffers are reused, or faulted in by huge pages, instead of faulted in anew page by page (module docstring).
+    Call it first thing in a program's entry point: it does not return when it re-executes. Does nothing off
+    Linux/glibc, when the tunables are already set (so also after the re-execution), or when
+    ``VITJAX_HEAP=default``; raises ``ValueError`` for an unknown ``VITJAX_HEAP``."""
+    wanted = HEAP_MODES[heap_mode()]
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or not wanted:
         return
     current = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
-    if all(t in current for t in HEAP_TUNABLES):
+    if all(t in current for t in wanted):
         return
-    mine = {t.split("=")[0] for t in HEAP_TUNABLES}
-    tunables = [t for t in current if t.split("=")[0] not in mine] + list(HEAP_TUNABLES)
+    ours = {t.split("=")[0] for mode in HEAP_MODES.values() for t in mode}
+    tunables = [t for t in current if t.split("=")[0] not in ours] + list(wanted)
     os.environ["GLIBC_TUNABLES"] = ":".join(tunables)
     sys.stdout.flush()
     sys.stderr.flush()
