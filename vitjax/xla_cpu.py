@@ -87,6 +87,7 @@ a large block from another arena whatever ``mmap_max`` says.
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import platform
 import sys
@@ -132,15 +133,30 @@ def heap_mode() -> str:
     return mode
 
 
+# device nodes of accelerators JAX runs on: TPU (accel, or vfio on newer TPU VMs), NVIDIA GPU, AMD GPU
+_ACCELERATOR_NODES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*", "/dev/kfd")
+
+
+def runs_on_cpu() -> bool:
+    """Whether JAX's default backend will be the CPU, judged before any backend starts: the first platform in
+    ``JAX_PLATFORMS`` where it is set, otherwise the absence of TPU and GPU device nodes (a GPU without JAX's CUDA
+    plugin counts as an accelerator: the heap is then left as glibc has it)."""
+    platforms = [p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms:
+        return platforms[0] == "cpu"
+    return not any(glob.glob(pattern) for pattern in _ACCELERATOR_NODES)
+
+
 def keep_freed_memory() -> None:
     """Re-execute this Python program (its interpreter, options and arguments) with the tunables of
     :func:`heap_mode` added to ``GLIBC_TUNABLES`` (replacing any of the other mode's), so that XLA:CPU's per-call
     buffers are reused, or faulted in by huge pages, instead of faulted in anew page by page (module docstring).
     Call it first thing in a program's entry point: it does not return when it re-executes. Does nothing off
-    Linux/glibc, when the tunables are already set (so also after the re-execution), or when
+    Linux/glibc, when JAX will not run on the CPU (:func:`runs_on_cpu`: on a TPU or GPU host the host's heap is
+    not XLA:CPU's to tune), when the tunables are already set (so also after the re-execution), or when
     ``VITJAX_HEAP=default``; raises ``ValueError`` for an unknown ``VITJAX_HEAP``."""
     wanted = HEAP_MODES[heap_mode()]
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or not wanted:
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or not wanted or not runs_on_cpu():
         return
     current = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
     if all(t in current for t in wanted):

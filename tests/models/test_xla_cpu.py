@@ -333,3 +333,28 @@ def test_unknown_heap_mode_is_an_error(monkeypatch):
         keep_freed_memory()
     monkeypatch.setenv("VITJAX_HEAP", "hugepages")
     assert heap_mode() == "hugepages"
+
+
+@pytest.mark.parametrize(
+    "platforms, nodes, reexecutes",
+    [("cpu", ["/dev/accel0"], True), ("tpu", [], False), ("cuda,cpu", [], False), (None, [], True)]
+    + [(None, ["/dev/accel0"], False), (None, ["/dev/nvidia0"], False), (None, ["/dev/vfio/0"], False)],
+)
+def test_keep_freed_memory_acts_only_where_jax_runs_on_the_cpu(monkeypatch, platforms, nodes, reexecutes):
+    import fnmatch
+    import os
+
+    from vitjax import xla_cpu
+
+    if platforms is None:
+        monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    else:
+        monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    monkeypatch.delenv("VITJAX_HEAP", raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "")
+    monkeypatch.setattr(xla_cpu.glob, "glob", lambda pattern: fnmatch.filter(nodes, pattern))
+    calls = []
+    monkeypatch.setattr(xla_cpu.os, "execv", lambda *args: calls.append(args))
+    xla_cpu.keep_freed_memory()
+    assert bool(calls) == reexecutes
+    assert (os.environ["GLIBC_TUNABLES"] == ":".join(xla_cpu.HEAP_TUNABLES)) == reexecutes
