@@ -116,15 +116,13 @@ def compiler_options(platform: str | None = None) -> dict[str, str] | None:
     return dict(CPU_COMPILER_OPTIONS) if (platform or jax.default_backend()) == "cpu" else None
 
 
-# glibc's tunables: large blocks from the heap (never mmap), a heap that is never trimmed (64 GiB), one arena
-HEAP_TUNABLES = ("glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=68719476736", "glibc.malloc.arena_max=1")
+# a heap that is never trimmed (64 GiB): both modes keep what they do not map
+_NEVER_TRIM = "glibc.malloc.trim_threshold=68719476736"
+# glibc's tunables: large blocks from the heap (never mmap), a heap that is never trimmed, one arena
+HEAP_TUNABLES = ("glibc.malloc.mmap_max=0", _NEVER_TRIM, "glibc.malloc.arena_max=1")
 # the bounded alternative: blocks of 32 MiB and more (glibc's largest threshold) mmapped and handed back after every
 # call, in transparent huge pages (2 MiB: 1/512 of the faults); smaller blocks from heaps that are never trimmed
-HUGE_PAGE_TUNABLES = (
-    "glibc.malloc.hugetlb=1",
-    "glibc.malloc.mmap_threshold=33554432",
-    "glibc.malloc.trim_threshold=68719476736",
-)
+HUGE_PAGE_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_threshold=33554432", _NEVER_TRIM)
 HEAP_MODES: dict[str, tuple[str, ...]] = {"kept": HEAP_TUNABLES, "hugepages": HUGE_PAGE_TUNABLES, "default": ()}
 
 
