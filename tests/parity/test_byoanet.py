@@ -11,6 +11,7 @@ ByobNet machinery itself on hand-made configs that use what no registered model 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 
@@ -26,6 +27,7 @@ import converters
 import vitjax
 from tests.parity.reference import TOL, assert_round_trip, nchw_to_nhwc, nhwc, randomize, record, rel_err
 from vitjax.models import byobnet as vb
+from vitjax.xla_cpu import compiler_options
 
 NAMES = vitjax.list_models(family="byoanet")
 SLOW = ("50ts", "halonet_h1")  # ResNet-50-sized and the all-halo H1
@@ -195,6 +197,50 @@ def test_train_mode_batch_norm_update(name, parity_results):
         assert int(after[k]) == int(ref_sd[k]) == 1, k
     record(parity_results, "byoanet", f"{name} train step", errs)
     assert max(errs.values()) <= TOL, errs
+
+
+@pytest.mark.parametrize("name", ["lambda_resnet26t", pytest.param("halonet26t", marks=pytest.mark.slow)])
+def test_train_mode_gradients(name, parity_results):
+    """The gradient of a train-mode loss (batch statistics) with respect to every parameter equals timm's,
+    compiled with the CPU options ``python -m train`` uses (BatchNorm's hand-written gradient, the 1x1
+    convolutions' 2-D view and the other XLA:CPU workarounds are all on this path).
+
+    With every tensor randomised the deep train-mode gradient is ill-conditioned in places: timm's own gradient
+    with a channels-last input (other kernels, other rounding) differs from its NCHW one by up to 5e-2 of a
+    tensor's largest entry (measured on lambda_resnet26t, in stages.0.1). So each tensor's error, relative to its
+    largest entry, must be within TOL or within twice timm's own channels-last difference for that tensor."""
+    kw, side = input_for(name)
+    ref = reference(name, seed=5, **kw).train()
+    model = vitjax.create_model(name, abstract=True, **kw)
+    converters.from_torch(model, ref.state_dict(), source="timm")
+    model.train()
+    x = torch.randn(2, 3, side, side)
+    w = torch.randn(2, ref.num_classes)
+    stats = copy.deepcopy(ref.state_dict())
+    (ref(x) * w).sum().backward()
+    want = {k: p.grad.numpy().copy() for k, p in ref.named_parameters()}
+    ref.load_state_dict(stats)  # the statistics before the first step, for the channels-last run
+    ref.zero_grad()
+    (ref(x.contiguous(memory_format=torch.channels_last)) * w).sum().backward()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def gradient(params, rest):
+        # nnx's grad: the forward updates the BatchNorm statistics
+        return nnx.grad(lambda m: (m(nchw_to_nhwc(x)) * w.numpy()).sum())(nnx.merge(graphdef, params, rest))
+
+    grads = jax.jit(gradient, compiler_options=compiler_options("cpu"))(params, rest)
+    got = converters.to_torch(nnx.merge(graphdef, grads, rest), target="timm")
+    assert len(want) > 100
+    errs, bad = {}, {}
+    for key, p in ref.named_parameters():
+        scale = np.abs(want[key]).max()
+        errs[key] = float(np.abs(np.asarray(got[key]) - want[key]).max() / scale)
+        own = float(np.abs(p.grad.numpy() - want[key]).max() / scale)
+        if errs[key] > max(TOL, 2 * own):
+            bad[key] = (errs[key], own)
+    worst = max(errs, key=errs.get)
+    record(parity_results, "byoanet gradients", f"{name} train mode", {"grads": errs[worst]})
+    assert not bad, bad
 
 
 def _timm_accepts(ref: torch.nn.Module, h: int, w: int) -> bool:
