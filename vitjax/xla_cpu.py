@@ -1,4 +1,5 @@
-"""Working around six slow paths of XLA:CPU. All six fixes act on the CPU only.
+"""Working around six slow paths of XLA:CPU. All six fixes act on the CPU only. (A seventh lives with its layer:
+BatchNorm's train-mode gradient, written by hand for the CPU in :class:`vitjax.layers.norm.BatchNorm`.)
 
 **A backward pass quadratic in depth.**
 
