@@ -136,32 +136,36 @@ def _bn_fwd(x, scale, bias, eps):
     # with symbolic zeros, the primals come wrapped (CustomVJPPrimal); an absent affine part stays None
     x, scale, bias = (None if p is None else p.value for p in (x, scale, bias))
     mean, var, inv = _statistics(x, eps)
-    return (_normalise(x, mean, inv, scale, bias), mean, var), (x, mean, inv, scale)
+    return (_normalise(x, mean, inv, scale, bias), mean, var), (x, mean, inv, scale, bias)
 
 
 def _bn_bwd(eps, res, cts):
-    """The gradient of batch norm in two reductions (of ``g`` and ``g * xhat``) and one elementwise pass; a
+    """The gradient of batch norm in two reductions (of ``g`` and ``g * xhat``) and one elementwise pass, in
+    float32 at least (as torch accumulates a bf16 BatchNorm's gradient), each result in its primal's dtype; a
     cotangent of the returned statistics (zero when they only update the running ones) adds its own terms."""
-    x, mean, inv, scale = res
+    x, mean, inv, scale, bias = res
     g, g_mean, g_var = cts
+    f32 = jnp.promote_types(x.dtype, jnp.float32)
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
-    centred = x - _channels(mean, x)
+    centred = x.astype(f32) - _channels(mean.astype(f32), x)
+    inv = inv.astype(f32)
     if isinstance(g, SymbolicZero):
-        dx, dscale, dbias = jnp.zeros_like(x), jnp.zeros_like(mean), jnp.zeros_like(mean)
+        dx, dscale, dbias = jnp.zeros(x.shape, f32), jnp.zeros(mean.shape, f32), jnp.zeros(mean.shape, f32)
     else:
+        g = g.astype(f32)
         xhat = centred * _channels(inv, x)
         dbias = jnp.sum(g, axis=axes)
         dscale = jnp.sum(g * xhat, axis=axes)
-        gain = inv if scale is None else inv * scale
+        gain = inv if scale is None else inv * scale.astype(f32)
         dx = _channels(gain, x) * (g - _channels(dbias / n, x) - xhat * _channels(dscale / n, x))
     if not isinstance(g_mean, SymbolicZero):
-        dx = dx + _channels(g_mean / n, x)
+        dx = dx + _channels(g_mean.astype(f32) / n, x)
     if not isinstance(g_var, SymbolicZero):
-        dx = dx + centred * _channels(g_var * (2.0 / n), x)
+        dx = dx + centred * _channels(g_var.astype(f32) * (2.0 / n), x)
     if scale is None:
-        return dx, None, None
-    return dx, dscale, dbias
+        return dx.astype(x.dtype), None, None
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
 _batch_norm_train_vjp.defvjp(_bn_fwd, _bn_bwd, symbolic_zeros=True)
