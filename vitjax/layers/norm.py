@@ -136,6 +136,7 @@ def _bn_fwd(x, scale, bias, eps):
     # with symbolic zeros, the primals come wrapped (CustomVJPPrimal); an absent affine part stays None
     x, scale, bias = (None if p is None else p.value for p in (x, scale, bias))
     mean, var, inv = _statistics(x, eps)
+    # bias only for its dtype: its gradient is returned in it
     return (_normalise(x, mean, inv, scale, bias), mean, var), (x, mean, inv, scale, bias)
 
 
