@@ -131,6 +131,23 @@ def test_cpu_gradient_of_a_depthwise_conv_has_no_grouped_convolution():
     assert "feature_group_count=4" in hlo(jnp.ones((3, 3, 2, 16)))
 
 
+def test_depthwise_output_is_not_fused_into_a_reduction():
+    """A depthwise convolution followed by a reduction (a LayerNorm's mean) compiles on the CPU to a loop over the
+    taps, not to one YNNPACK reduction that takes each tap's slice as a materialised input (k x k copies). XLA
+    fuses so only from some size on: this one did (a fusion of 33 inputs) without the barrier. Compiled, not
+    run."""
+    x, w = jnp.ones((2, 56, 56, 128)), jnp.ones((7, 7, 1, 128))
+
+    def f(x, w):
+        y = conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=128)
+        mean = jnp.mean(y, axis=-1, keepdims=True)
+        return jnp.mean((y - mean) ** 2, axis=-1)
+
+    hlo = jax.jit(f).lower(x, w).compile(compiler_options=compiler_options("cpu")).as_text()
+    operands = [call.count("%") for call in re.findall(r"= \S+ fusion\((.*?)\), kind=", hlo)]
+    assert operands and max(operands) < 10, operands  # 33 without the barrier
+
+
 def _transposed_copies(loss, activations: list[tuple[int, ...]], *args) -> list[tuple[int, ...]]:
     """The arrays that the compiled gradient of ``loss`` writes with the axes of one of ``activations`` (an
     input or output of the layer) permuted, or those of its 2-D view ``(positions, features)`` swapped."""
