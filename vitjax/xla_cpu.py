@@ -1,5 +1,6 @@
 """Working around six slow paths of XLA:CPU. All six fixes act on the CPU only. (A seventh lives with its layer:
-BatchNorm's train-mode gradient, written by hand for the CPU in :class:`vitjax.layers.norm.BatchNorm`.)
+BatchNorm's train-mode gradient, written by hand for the CPU in :class:`vitjax.layers.norm.BatchNorm`. An eighth
+is :func:`materialise`, which keeps a value out of its consumers' fusions: average pooling uses it.)
 
 **A backward pass quadratic in depth.**
 
@@ -177,6 +178,18 @@ def keep_freed_memory() -> None:
 
 def _cpu_barrier(t: jax.Array) -> jax.Array:
     return jax.lax.platform_dependent(t, cpu=jax.lax.optimization_barrier, default=lambda t: t)
+
+
+@jax.custom_jvp
+def materialise(x: jax.Array) -> jax.Array:
+    """The identity; on the CPU its value (not its tangent) passes an optimization barrier, so XLA computes it on
+    its own instead of fusing it into its consumers (see :func:`vitjax.layers.spatial_pool.avg_pool2d`)."""
+    return _cpu_barrier(x)
+
+
+@materialise.defjvp
+def _materialise_jvp(primals, tangents):
+    return materialise(primals[0]), tangents[0]
 
 
 @jax.custom_jvp

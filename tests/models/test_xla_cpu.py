@@ -16,7 +16,15 @@ from jax import numpy as jnp
 
 import vitjax
 from vitjax.layers.linear import Dense
-from vitjax.xla_cpu import CPU_COMPILER_OPTIONS, compiler_options, conv_general_dilated, grad_boundary, max_pool
+from vitjax.layers.spatial_pool import avg_pool2d
+from vitjax.xla_cpu import (
+    CPU_COMPILER_OPTIONS,
+    compiler_options,
+    conv_general_dilated,
+    grad_boundary,
+    materialise,
+    max_pool,
+)
 
 
 def _f(x):
@@ -35,6 +43,12 @@ def test_identity_under_every_transform():
     np.testing.assert_array_equal(jax.hessian(_f)(x), jax.hessian(_g)(x))
     opts = compiler_options("cpu")
     np.testing.assert_array_equal(jax.jit(jax.grad(_f), compiler_options=opts)(x), jax.grad(_g)(x))
+
+    np.testing.assert_array_equal(materialise(x), x)
+    h = lambda x: jnp.sum(jnp.sin(materialise(x * 2.0)) ** 2)  # noqa: E731
+    np.testing.assert_array_equal(jax.grad(h)(x), jax.grad(_g)(x))
+    np.testing.assert_array_equal(jax.jvp(h, (x,), (x,))[1], jax.jvp(_g, (x,), (x,))[1])
+    np.testing.assert_array_equal(jax.jit(jax.hessian(h), compiler_options=opts)(x), jax.hessian(_g)(x))
 
 
 def test_options_per_platform():
@@ -146,6 +160,22 @@ def test_depthwise_output_is_not_fused_into_a_reduction():
     hlo = jax.jit(f).lower(x, w).compile(compiler_options=compiler_options("cpu")).as_text()
     operands = [call.count("%") for call in re.findall(r"= \S+ fusion\((.*?)\), kind=", hlo)]
     assert operands and max(operands) < 10, operands  # 33 without the barrier
+
+
+def test_pooled_shortcut_is_not_fused_with_the_matmuls():
+    """An average pool feeding a matmul that is added to an MLP's output (MaxxViT's downsampling shortcut) compiles
+    on the CPU to separate matmuls: without the pool's barrier XLA:CPU made one YNNPACK fusion of the pool and all
+    three matmuls, which ran at about half their speed."""
+    x, y = jnp.ones((2, 14, 14, 64)), jnp.ones((2, 7, 7, 128))
+    w1, w2, ws = jnp.ones((128, 512)), jnp.ones((512, 128)), jnp.ones((64, 128))
+
+    def f(x, y, w1, w2, ws):
+        return avg_pool2d(x, 2, 2) @ ws + jax.nn.gelu(y @ w1, approximate=False) @ w2
+
+    hlo = jax.jit(f).lower(x, y, w1, w2, ws).compile(compiler_options=compiler_options("cpu")).as_text()
+    computations = re.split(r"\n(?=%)", hlo)
+    assert not [c for c in computations if " dot(" in c and "reduce-window(" in c]
+    assert sum(" dot(" in c for c in computations) == 3
 
 
 def _transposed_copies(loss, activations: list[tuple[int, ...]], *args) -> list[tuple[int, ...]]:
