@@ -5,7 +5,7 @@
     python -m benchmarks --device gpu          # CUDA, bf16, larger batches, MFU
     make bench
 
-What is measured (see ``python -m benchmarks --help`` and benchmarks/RESULTS.md):
+What is measured (see ``python -m benchmarks --help``; results in benchmarks/results_cpu.json and docs/performance.md):
 
 * inference images/s at batch 1 (latency) and at the throughput batch, and a training step (forward,
   cross-entropy, backward, global-norm clipping, AdamW) for vitjax under ``jax.jit`` and for the reference

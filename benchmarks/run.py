@@ -131,8 +131,8 @@ def default_models() -> list[str]:
 def alternate(calls: dict[str, Any], rounds: int, min_time: float) -> dict[str, list[float]]:
     """Seconds per call of each side, one entry per round. Each side is called once untimed first (which also
     sizes its block to ``min_time``); then the sides take turns, in reverse order every other round, each turn
-    starting with one untimed call: the first call after the other side's turn runs slow (a halonet50ts training
-    step right after timm's: 4.2-5.3 s, then 3.1-3.6 s), and with one call per block it was the one timed."""
+    starting with one untimed call: the first call after the other side's turn runs slow, and a block of one
+    call would time only that call (figures in docs/performance.md)."""
     iters = {}
     for name, call in calls.items():
         t0 = time.perf_counter()
@@ -273,8 +273,8 @@ def run_worker(job: dict, timeout: float = 3600, echo: bool = False) -> dict:
 
 def bench_model_in_worker(case: dict, args: argparse.Namespace) -> dict:
     """:func:`bench_model` in a process of its own: a model's heap (kept by ``keep_freed_memory``'s tunables,
-    and not all returned by torch's and XLA's allocators anyway) goes with it. With all five seed models in one
-    process, 17.7 GiB stayed resident after ViT-L and the maxxvitv2 memory worker was OOM-killed."""
+    and not all returned by torch's and XLA's allocators anyway) goes with it, so the models timed later (and the
+    memory workers) do not start on the heap of the earlier ones (figures in docs/performance.md)."""
     try:
         return run_worker(dict(job="time", case=case, args=vars(args)), timeout=4 * 3600, echo=True)
     except RuntimeError as e:
@@ -285,8 +285,8 @@ def bench_model_in_worker(case: dict, args: argparse.Namespace) -> dict:
 def xla_options(args: argparse.Namespace) -> dict | None:
     """The compiler options of the vitjax side: those ``python -m train`` uses on the device (vitjax.xla_cpu).
     XLA's default dot/conv path (YNNPACK, "ynn_fusion") is kept: turning it off
-    (``xla_cpu_experimental_ynn_fusion_type=``) made vit_relpos_base inference 5% faster and halonet50ts training
-    30% slower on one core here."""
+    (``xla_cpu_experimental_ynn_fusion_type=``) sped up a ViT's inference a little and slowed a conv net's
+    training much more (figures in docs/performance.md)."""
     from vitjax.xla_cpu import compiler_options
 
     return None if args.xla_defaults else compiler_options("cpu" if args.device == "cpu" else "gpu")

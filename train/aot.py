@@ -2,55 +2,53 @@
 
 ``python -m train.aot --model NAME --topology v5e:2x4 --mesh data=..,fsdp=..,tensor=.. --batch-size N
 [--precision bf16] [--remat] [--sharding ...] [--find-batch]`` takes every flag of ``python -m train`` (the
-same :class:`train.config.TrainConfig`), builds the same train step with the same builders (``train.state``,
-``train.mesh``, ``train.optim``, ``train.steps``) from abstract parameters, optimizer state and batch that are
-never materialised, places them by the same sharding rules on the devices of the TPU topology
+same :class:`train.config.TrainConfig`), builds the same train step with the same builders (``train.plan``:
+``train.state``, ``train.mesh``, ``train.optim``, ``train.steps``) from abstract parameters, optimizer state and
+batch that are never materialised, places them by the same sharding rules on the devices of the TPU topology
 (``jax.experimental.topologies.get_topology_desc``), and runs the real TPU compiler (libtpu, the ``tpu`` extra).
 
-The report gives, per device: argument / output / temporary / code bytes against the chip's HBM (the step's
-state is donated, so its output aliases its input), whether it fits and the headroom; the compiled FLOPs of one
-step, the step time they take at the chip's bf16 peak and the MFU bound (model FLOPs, i.e. 3x the forward pass,
-over compiled FLOPs, which include recomputation under remat); the count and volume of each collective in the
-optimised HLO; host callbacks or host transfers inside the step (there should be none); and, for multi-host
-topologies, the number of hosts and the batch each process feeds. Exit status 1 when it does not fit.
+The report (:class:`train.aot_report.Report`) gives, per device: argument / output / temporary / code bytes
+against the chip's HBM (the step's state is donated, so its output aliases its input), whether it fits and the
+headroom; the compiled FLOPs of one step, the step time they take at the chip's bf16 peak and the MFU bound (model
+FLOPs, i.e. 3x the forward pass, over the program's FLOPs, which include recomputation under remat); the count and
+volume of each collective in the optimised HLO and any host callbacks or transfers inside the step (read from its
+text by :mod:`train.aot_hlo`; there should be none); and, for multi-host topologies, the number of hosts and the
+batch each process feeds. Exit status 1 when it does not fit.
 
-``--find-batch`` reports the largest global batch that fits, searching from ``--batch-size`` along the (nearly
-affine) memory-versus-batch line of the compiles so far; each try is one TPU compile (see :func:`find_batch`).
+``--find-batch`` reports the largest global batch that fits, each try one TPU compile (:func:`find_batch`, the
+search itself in :mod:`train.aot_search`); ``--table`` prints saved ``--json`` reports as a markdown table.
+
+jax's default backend stays the CPU (the TPU library serves only its compiler; the host lowers the step to count
+its FLOPs): :func:`main` sets ``jax_platforms`` to ``cpu`` unless ``JAX_PLATFORMS`` is set. A program that imports
+this module should do the same before its first computation, or jax probes for a TPU.
 
 Chip data (:data:`CHIPS`) are Google's published per-chip figures: bf16 dense peak and HBM capacity.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import math
 import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-# the default backend stays the CPU (the TPU library is only used for its compiler), and libtpu's
-# single-process lock does not apply: compile-only topologies do not touch any device.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+import jax
+from flax import nnx
+from jax import numpy as jnp
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import jax  # noqa: E402
-from flax import nnx  # noqa: E402
-from jax import numpy as jnp  # noqa: E402
-
-from converters.io import atomic_write  # noqa: E402
-from train import mesh as mesh_lib  # noqa: E402
-from train import state as state_lib  # noqa: E402
-from train.config import TrainConfig, parse_args  # noqa: E402
-from train.plan import StepPlan, make_plan, resolve_img_size  # noqa: E402
-
-GiB = 1024**3
+from converters.io import atomic_write
+from train import mesh as mesh_lib
+from train import state as state_lib
+from train.aot_hlo import collectives, host_transfers, oom_bytes, while_loops
+from train.aot_report import GiB, Report, format_report, table
+from train.aot_search import ResumeError, search_batch
+from train.config import TrainConfig, parse_args
+from train.plan import StepPlan, make_plan, resolve_img_size
 
 
 @dataclass(frozen=True)
@@ -68,25 +66,7 @@ CHIPS: dict[str, Chip] = {
     "v6e": Chip("TPU v6e", 918e12, 32 * GiB),
 }
 # v4 and v5p chips have two TensorCores; run as one device per chip ("megacore"), as TPU VMs do by default.
-# --find-batch aims its guesses a little under the HBM: the compiler's memory is not exactly affine in the batch
-# (its scheduling and fusion change with the shapes), and v5e refuses programs above 15.75 of 16 GiB.
-AIM = 0.97
-
 _MEGACORE = ("v4", "v5p")
-
-COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4}
-_DTYPE_BYTES |= {"f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 1, "u4": 1}
-_OP = re.compile(
-    r"=\s*(?P<type>\(.*?\)|\S+)\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\(",
-)
-_COMPUTATION = re.compile(r"^(?:ENTRY )?%(?P<name>[\w.\-]+) \(.*\) -> (?P<result>.*) \{$")
-_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
-# anything that would move data between the device and the host inside the step
-_HOST = re.compile(
-    r"\b(send|recv|send-done|recv-done|infeed|outfeed)\(|custom_call_target=\"[^\"]*(callback|host)[^\"]*\"",
-    re.IGNORECASE,
-)
 
 
 @dataclass
@@ -98,9 +78,15 @@ class Topology:
     devices_per_chip: int
 
 
-# libtpu looks for a TPU VM's environment when it loads and warns at length without it; these quiet it. They
-# are set only while the topology is made (TPU_WORKER_HOSTNAMES would make train.loop think it is on a cluster).
-_QUIET = {"TPU_ACCELERATOR_TYPE": "v5litepod-4", "TPU_WORKER_HOSTNAMES": "localhost", "TPU_SKIP_MDS_QUERY": "1"}
+# libtpu looks for a TPU VM's environment when it loads and warns at length without it; these quiet it, and its
+# single-process lock does not apply: compile-only devices touch no TPU. They are set only while the topology is made
+# (TPU_WORKER_HOSTNAMES would make train.loop think it is on a cluster).
+_COMPILE_ONLY_ENV = {
+    "TPU_ACCELERATOR_TYPE": "v5litepod-4",
+    "TPU_WORKER_HOSTNAMES": "localhost",
+    "TPU_SKIP_MDS_QUERY": "1",
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+}
 
 
 def topology(name: str) -> Topology:
@@ -111,7 +97,7 @@ def topology(name: str) -> Topology:
     if kind not in CHIPS:
         raise ValueError(f"unknown TPU generation {kind!r} in {name!r}; known: {sorted(CHIPS)}")
     kwargs = {"chip_config_name": "megacore"} if kind in _MEGACORE else {}
-    added = {k: v for k, v in _QUIET.items() if k not in os.environ}
+    added = {k: v for k, v in _COMPILE_ONLY_ENV.items() if k not in os.environ}
     os.environ.update(added)
     try:
         devices = list(topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs).devices)
@@ -190,92 +176,7 @@ def forward_flops(built: Built, batch: int) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def _type_bytes(text: str, arrays_only: bool = False) -> list[int]:
-    """Bytes of each array in an HLO type (a tuple gives several); ``arrays_only`` leaves out scalars."""
-    out = []
-    for dtype, dims in _ARRAY.findall(text):
-        if arrays_only and not dims:
-            continue
-        n = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
-        out.append(n * _DTYPE_BYTES.get(dtype, 4))
-    return out
-
-
-def collectives(hlo: str) -> dict[str, dict[str, int]]:
-    """``{op: {"count": n, "bytes": result bytes per device}}`` for each collective of the optimised HLO text.
-
-    Async ``*-start`` ops count once (their result tuple holds the operands, then the results, then scalar
-    context such as a collective-permute's u32 sync flags, which is left out). The TPU compiler
-    writes a reduce-scatter as an all-reduce fused with a dynamic slice, in a computation named
-    ``all-reduce-scatter*``: that counts as one reduce-scatter with the computation's (sliced) result. Ops inside
-    a loop body (gradient accumulation) are counted once."""
-    out = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
-    in_rs = False
-    for line in hlo.splitlines():
-        head = _COMPUTATION.match(line)
-        if head:
-            in_rs = head["name"].startswith("all-reduce-scatter")
-            if in_rs:
-                out["reduce-scatter"]["count"] += 1
-                out["reduce-scatter"]["bytes"] += sum(_type_bytes(head["result"]))
-            continue
-        m = _OP.search(line)
-        if not m or (in_rs and m["op"] == "all-reduce"):
-            continue
-        sizes = _type_bytes(m["type"], arrays_only=bool(m["start"]))
-        if m["start"] and m["op"] in ("all-gather", "collective-permute", "all-to-all") and len(sizes) > 1:
-            sizes = sizes[len(sizes) // 2 :]
-        out[m["op"]]["count"] += 1
-        out[m["op"]]["bytes"] += sum(sizes)
-    return out
-
-
-def host_transfers(hlo: str) -> list[str]:
-    """The HLO lines that would call back to or transfer with the host."""
-    return [line.strip()[:160] for line in hlo.splitlines() if _HOST.search(line)]
-
-
-@dataclass
-class Report:
-    model: str
-    topology: str
-    chip: str
-    devices: int
-    hosts: int
-    mesh: dict
-    sharding: str
-    precision: str
-    remat: bool
-    global_batch: int
-    per_process_batch: int
-    per_device_batch: int
-    argument_bytes: int
-    output_bytes: int
-    alias_bytes: int
-    temp_bytes: int
-    code_bytes: int
-    total_bytes: int
-    hbm_bytes: int
-    fits: bool
-    headroom_bytes: int
-    flops_per_device: float
-    flops_per_step: float
-    model_flops_per_step: float
-    step_time_s: float
-    mfu_bound: float
-    images_per_s_bound: float
-    collectives: dict = field(default_factory=dict)
-    host_transfers: list = field(default_factory=list)
-    compile_s: float = 0.0
-    compiler_error: str = ""  # the TPU compiler's out-of-memory message, when it refused the program
-    program_flops_per_step: float = float("nan")  # the unoptimised step's FLOPs (global; remat included)
-    loops: int = 0  # while loops in the optimised HLO (their bodies count once in the compiled FLOPs)
-    search: list = field(default_factory=list)  # --find-batch: [global batch, bytes per device, fits] per compile
-    fsdp_min_size: int = 0  # parameters with fewer elements were not split over fsdp
-    search_done: bool = True  # False in the --json file that --find-batch rewrites after each compile
-
-
-def _settings(cfg: TrainConfig, topo: Topology, mesh: jax.sharding.Mesh) -> dict:
+def settings(cfg: TrainConfig, topo: Topology, mesh: jax.sharding.Mesh) -> dict:
     """The fields of a report that say what was compiled (the batch aside): a search continues only under them."""
     return dict(
         model=cfg.model,
@@ -286,14 +187,6 @@ def _settings(cfg: TrainConfig, topo: Topology, mesh: jax.sharding.Mesh) -> dict
         remat=cfg.remat,
         fsdp_min_size=cfg.fsdp_min_size,
     )
-
-
-def _oom_bytes(message: str) -> int:
-    """The memory the TPU compiler said it needed, from its out-of-memory error (-1 when not stated)."""
-    m = re.search(r"required for [^(]*\((?P<n>[\d.]+)(?P<u>[KMGT])\)", message)
-    if not m:
-        return -1
-    return int(float(m["n"]) * 1024 ** "KMGT".index(m["u"]) * 1024)
 
 
 def compile_report(
@@ -308,7 +201,7 @@ def compile_report(
     mesh = built.plan.mesh
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     common = dict(
-        **_settings(cfg, topo, mesh),
+        **settings(cfg, topo, mesh),
         chip=topo.chip.name,
         devices=n,
         hosts=topo.hosts,
@@ -323,7 +216,7 @@ def compile_report(
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        need = _oom_bytes(str(e))
+        need = oom_bytes(str(e))
         return Report(
             **common,
             argument_bytes=-1,
@@ -378,7 +271,7 @@ def compile_report(
         model_flops_per_step=mflops,
         step_time_s=step_time,
         program_flops_per_step=program,
-        loops=len(re.findall(r"\bwhile\(", hlo)),
+        loops=while_loops(hlo),
         mfu_bound=min(1.0, mflops / program) if program and mflops else float("nan"),
         images_per_s_bound=cfg.batch_size / step_time if step_time else float("nan"),
         collectives=collectives(hlo),
@@ -387,200 +280,22 @@ def compile_report(
     )
 
 
-def _gib(b: float) -> str:
-    return f"{b / GiB:.2f} GiB"
+def find_batch(cfg: TrainConfig, topo: Topology, **options) -> tuple[int, Report]:
+    """The largest global batch of ``cfg`` whose step fits on ``topo``, each try one TPU compile: a multiple of
+    data x fsdp x grad-accum of the topology's mesh. ``options`` are :func:`train.aot_search.search_batch`'s
+    (``limit``, ``granularity``, ``log``, ``progress``, ``resume``); so are the return values."""
+    mesh = topology_mesh(cfg, topo)
+    unit = mesh.shape["data"] * mesh.shape["fsdp"] * cfg.grad_accum_steps
+    return search_batch(
+        cfg, lambda c: compile_report(c, topo), unit=unit, settings=settings(cfg, topo, mesh), **options
+    )
 
 
-def _min_size(r: Report) -> str:
-    return f" (fsdp splits parameters of >= {r.fsdp_min_size} elements)" if r.fsdp_min_size else ""
-
-
-def format_report(r: Report) -> str:
-    if r.compiler_error:
-        return "\n".join(
-            [
-                f"{r.model} on {r.topology} ({r.devices} x {r.chip} device(s), {r.hosts} host(s)); mesh {r.mesh}, "
-                f"sharding {r.sharding}{_min_size(r)}, {r.precision}{', remat' if r.remat else ''}, "
-                f"global batch {r.global_batch}",
-                f"  DOES NOT FIT: the TPU compiler needs {_gib(r.total_bytes)} per device for temporaries alone, "
-                f"the chip has {_gib(r.hbm_bytes)}",
-                f"  compiler: {r.compiler_error}",
-            ]
-        )
-    lines = [
-        f"{r.model} on {r.topology} ({r.devices} x {r.chip} device(s), {r.hosts} host(s)); mesh {r.mesh}, "
-        f"sharding {r.sharding}{_min_size(r)}, {r.precision}{', remat' if r.remat else ''}",
-        f"  batch: global {r.global_batch}, per process {r.per_process_batch} (x{r.hosts} hosts), "
-        f"per data-parallel device {r.per_device_batch}",
-        "  memory per device: "
-        f"arguments {_gib(r.argument_bytes)}, outputs {_gib(r.output_bytes)} (aliased {_gib(r.alias_bytes)}), "
-        f"temporaries {_gib(r.temp_bytes)}, code {_gib(r.code_bytes)}",
-        f"  total {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} HBM: "
-        + (
-            f"FITS, headroom {_gib(r.headroom_bytes)}"
-            if r.fits
-            else f"DOES NOT FIT, short by {_gib(-r.headroom_bytes)}"
-        ),
-        f"  compute: program {r.program_flops_per_step / 1e12:.3f} TFLOP per step (remat included), "
-        f"model {r.model_flops_per_step / 1e12:.2f} TFLOP (3x forward); compiled "
-        f"{r.flops_per_device / 1e12:.4f} TFLOP per device ({r.loops} loops, their bodies counted once)",
-        f"  at bf16 peak: step >= {r.step_time_s * 1e3:.1f} ms, <= {r.images_per_s_bound:.0f} img/s, "
-        f"MFU bound {r.mfu_bound:.1%}",
-        "  collectives per step (per device): "
-        + ", ".join(f"{k} {v['count']} x / {v['bytes'] / 2**20:.1f} MiB" for k, v in r.collectives.items()),
-        f"  host callbacks / transfers in the step: {len(r.host_transfers)}",
-        f"  compile time {r.compile_s:.1f} s",
-    ]
-    lines += [f"    {h}" for h in r.host_transfers[:5]]
-    return "\n".join(lines)
-
-
-def find_batch(
-    cfg: TrainConfig,
-    topo: Topology,
-    *,
-    limit: int = 1 << 16,
-    granularity: int = 0,
-    log=print,
-    progress: Callable[[int, Report], None] | None = None,
-    resume: Report | None = None,
-) -> tuple[int, Report]:
-    """The largest global batch that fits, a multiple of data x fsdp x grad-accum (the unit), searched with few
-    compiles (each takes minutes for a real model). Per-device memory is roughly affine in the batch (parameter
-    and optimizer shards plus activations per example), so the next batch tried is where the line through the two
-    latest compiles that fit meets ``AIM`` of the HBM (the first guess scales ``--batch-size`` by HBM / memory). A
-    guess inside a bracket keeps a quarter of it on each side; a guess at or below the largest that fits aims at
-    the full HBM, else tries the next batch. The TPU compiler's memory scatters by a few percent around the line
-    (its scheduling changes with the shapes), so after four guesses the search gallops up from the largest batch
-    that fits (when no batch has failed yet) and bisects, which ends whatever the memory does. It stops when the
-    bracket between the largest batch that fits and the smallest that does not is no wider than ``granularity``
-    examples (default: one unit), or at ``limit``. Returns the batch (0 when not even one unit fits) and the
-    report of the largest batch that fits (else the smallest tried); ``progress`` gets the same pair after every
-    compile, so that a search cut short still leaves its best result. ``resume`` (such a report of a batch that
-    fits, for the same model, topology, mesh and options) continues that search from its compiles, or returns it
-    when that search was complete."""
-    probe = topology_mesh(cfg, topo)
-    unit = probe.shape["data"] * probe.shape["fsdp"] * cfg.grad_accum_steps
-    step = max(1, -(-granularity // unit)) if granularity else 1
-    top = max(1, limit // unit)  # the largest multiple of the unit allowed
-    tried: dict[int, Report] = {}
-
-    def compile_at(k: int) -> Report:
-        r = compile_report(dataclasses.replace(cfg, batch_size=k * unit), topo)
-        tried[k] = r
-        need = _gib(r.total_bytes) if r.total_bytes >= 0 else "refused by the compiler (no size stated)"
-        log(f"  batch {k * unit}: {need} of {_gib(r.hbm_bytes)} -> {'fits' if r.fits else 'no'}")
-        return r
-
-    def guess(lo: int, hi: int, aim: float) -> int:
-        """Where memory reaches ``aim`` of the HBM on the line through the two latest compiles that fit (else the
-        two latest that state their memory; an out-of-memory refusal states only what the compiler wanted)."""
-        known = [(k, r.total_bytes, r.hbm_bytes * aim) for k, r in tried.items() if r.total_bytes > 0]
-        fitting = [p for p in known if tried[p[0]].fits]
-        known = fitting if len(fitting) >= 2 else known
-        if not known:
-            return 2 * lo if lo else hi // 2
-        if len(known) == 1:
-            k, total, target = known[0]
-            return int(k * target / total)
-        (k0, t0, target), (k1, t1, _) = known[-2:]
-        slope = (t1 - t0) / (k1 - k0)
-        if slope <= 0:
-            return 2 * lo if lo else hi // 2
-        return int(k1 + (target - t1) / slope)
-
-    def result() -> tuple[int, Report]:
-        best = tried[lo] if lo else tried[min(tried)]
-        best.search = [[k * unit, r.total_bytes, r.fits] for k, r in tried.items()]
-        return lo * unit, best
-
-    def next_k() -> int:
-        nonlocal secant, gallop
-        if secant > 0:
-            secant -= 1
-            k = guess(lo, hi, AIM)
-            if k <= lo:  # aiming at the full HBM, else the next batch, to close the bracket
-                k = max(guess(lo, hi, 1.0), lo + step)
-            elif hi <= top and lo:  # inside a bracket: keep a quarter of it on each side, so it shrinks anyway
-                margin = max(1, (hi - lo) // 4)
-                k = min(max(k, lo + margin), hi - margin)
-            return max(lo + 1, min(k, hi - 1))
-        if hi <= top:
-            return (lo + hi) // 2
-        gallop += 1  # no upper bound yet: gallop up from the largest that fits
-        return min(top, lo + step * 2 ** (gallop - 1))
-
-    def done() -> bool:
-        return hi - lo <= (step if lo else 1)
-
-    lo, hi = 0, top + 1  # largest k known to fit, smallest known not to (top + 1: beyond the limit)
-    secant, gallop = 4, 0
-    if resume is None:
-        k = min(top, max(1, cfg.batch_size // unit))
-    else:
-        _check_resumable(resume, cfg, topo, probe)
-        for batch, total, fits in resume.search:
-            tried[batch // unit] = (
-                resume
-                if batch == resume.global_batch
-                else dataclasses.replace(resume, global_batch=batch, total_bytes=total, fits=fits)
-            )  # a stand-in that carries only what the search reads: memory and fit
-        lo = resume.global_batch // unit
-        hi = min((k for k, r in tried.items() if not r.fits and k > lo), default=top + 1)
-        secant = max(0, secant + 1 - len(tried))  # the first compile was not a guess
-        log(f"  resuming from {len(tried)} compiles: {lo * unit} fits, {hi * unit if hi <= top else '-'} does not")
-        if done() or resume.search_done:  # a complete search is only reported again
-            return result()
-        k = next_k()
-    while True:
-        if compile_at(k).fits:
-            lo = k
-        else:
-            hi = k
-        if progress:
-            progress(*result())
-        if done():
-            break
-        k = next_k()
-    return result()
-
-
-class ResumeError(ValueError):
-    """A --find-batch report that cannot be continued with these settings."""
-
-
-def _check_resumable(r: Report, cfg: TrainConfig, topo: Topology, mesh: jax.sharding.Mesh) -> None:
-    """A search is resumed only from a batch that fits, compiled for the same model, topology, mesh and options."""
-    want = _settings(cfg, topo, mesh)
-    have = {key: getattr(r, key) for key in want}
-    if have != want:
-        diff = ", ".join(f"{key} {have[key]!r} (now {want[key]!r})" for key in want if have[key] != want[key])
-        raise ResumeError(f"cannot resume a search made with other settings: {diff}")
-    if not r.fits or not r.search:
-        raise ResumeError("cannot resume: the report is not of a batch that fits, with its search")
-
-
-def table(reports: list[dict]) -> str:
-    """A markdown table of ``--find-batch`` reports (their ``--json`` files), one row each."""
-    lines = [
-        "| model | topology | hosts | mesh | global batch that fits (per chip) | smallest that does not | memory/chip "
-        "| FLOPs/step (remat incl.) | step at bf16 peak | MFU bound |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in reports:
-        fails = sorted(b for b, _, fits in r.get("search", []) if not fits and b > r["global_batch"])
-        mesh = ",".join(f"{k}={v}" for k, v in r["mesh"].items() if v > 1)
-        if r.get("fsdp_min_size"):  # --fsdp-min-size: smaller parameters are whole on every device
-            mesh += f" (params >= {r['fsdp_min_size']})"
-        unfinished = "" if r.get("search_done", True) else ", search unfinished"
-        lines.append(
-            f"| {r['model']} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['hosts']} | {mesh} "
-            f"| {r['global_batch']} ({r['per_device_batch']}{unfinished}) | {fails[0] if fails else '-'} "
-            f"| {r['total_bytes'] / GiB:.2f} of {r['hbm_bytes'] / GiB:.0f} GiB "
-            f"| {r.get('program_flops_per_step', math.nan) / 1e12:.1f} TFLOP | {r['step_time_s'] * 1e3:.0f} ms "
-            f"| {r['mfu_bound']:.1%} |"
-        )
-    return "\n".join(lines)
+def _host_backend_cpu() -> None:
+    """Keep jax's own backend on the CPU unless ``JAX_PLATFORMS`` says otherwise: with libtpu installed, jax would
+    otherwise look for a TPU at its first computation (the host lowers the step to count its FLOPs)."""
+    if "JAX_PLATFORMS" not in os.environ:
+        jax.config.update("jax_platforms", "cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--hlo", help="write the compiled (optimised) HLO text of the step to this file")
     ours, rest = p.parse_known_args(argv)
+    _host_backend_cpu()
     if ours.table:
         reports = []
         for path in ours.table:

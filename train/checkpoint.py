@@ -25,7 +25,7 @@ _registered = False
 
 def _small_arrays_written_whole() -> None:
     """Orbax splits the write of a replicated array across its replicas, compiling one slicing program per
-    shape; for arrays under 1 MiB that costs far more than it saves (0.1 s each on CPU, ~100 of them in a ViT),
+    shape; for arrays under 1 MiB (a ViT has about a hundred) those compiles cost far more than the split saves,
     so they are written by their first replica only. (This sets orbax's process-wide jax.Array handler.)"""
     global _registered
     if _registered:

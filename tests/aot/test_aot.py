@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -16,7 +20,7 @@ from jax import numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from train import aot
+from train import aot, aot_hlo, aot_report, aot_search
 from train.config import parse_args
 
 TINY = ["--model", "vit_tiny_patch16_224", "--depth", "2", "--img-size", "64", "--precision", "bf16"]
@@ -33,7 +37,7 @@ def topos() -> dict[str, aot.Topology]:
 
 
 @pytest.fixture(scope="module")
-def reports(topos) -> dict[str, aot.Report]:
+def reports(topos) -> dict[str, aot_report.Report]:
     out = {}
     for preset, (topo, flags) in PRESETS.items():
         cfg = parse_args([*TINY, *flags, "--batch-size", "16", "--steps", "100"])
@@ -44,7 +48,7 @@ def reports(topos) -> dict[str, aot.Report]:
 def test_topologies():
     v5e = aot.topology("v5e:2x2")
     assert (len(v5e.devices), v5e.hosts, v5e.devices_per_chip) == (4, 1, 1)
-    assert v5e.chip.hbm == 16 * aot.GiB and v5e.chip.bf16_flops == 197e12
+    assert v5e.chip.hbm == 16 * aot_report.GiB and v5e.chip.bf16_flops == 197e12
     v4 = aot.topology("v4:2x2x4")  # v4-32: 16 chips, one (megacore) device each, 4 hosts
     assert (len(v4.devices), v4.hosts, v4.devices_per_chip) == (16, 4, 1)
     multi = aot.topology("v5e:4x8")
@@ -78,7 +82,7 @@ def test_fsdp_splits_parameter_memory(reports):
 
 
 def test_report_text(reports):
-    text = aot.format_report(reports["fsdp"])
+    text = aot_report.format_report(reports["fsdp"])
     for word in ("FITS", "all-gather", "reduce-scatter", "MFU bound", "per process 16"):
         assert word in text
 
@@ -93,7 +97,7 @@ def test_host_transfer_detector(topos):
         return x * 2
 
     hlo = jax.jit(f, in_shardings=sh).lower(jax.ShapeDtypeStruct((8, 128), jnp.float32, sharding=sh)).compile()
-    assert aot.host_transfers(hlo.as_text())
+    assert aot_hlo.host_transfers(hlo.as_text())
 
 
 def test_collective_parser():
@@ -111,7 +115,7 @@ def test_collective_parser():
             "}",
         ]
     )
-    c = aot.collectives(hlo)
+    c = aot_hlo.collectives(hlo)
     assert c["reduce-scatter"] == {"count": 1, "bytes": 4 * 768 * 2}
     assert c["all-gather"] == {"count": 1, "bytes": 32 * 4}
     assert c["all-reduce"] == {"count": 1, "bytes": 32 * 4}
@@ -232,7 +236,9 @@ def test_find_batch_resumes_a_search_cut_short(topos, monkeypatch, tmp_path):
     whole search ends, without compiling again what it had; a report made with other settings is refused."""
     cfg = parse_args([*TINY, "--mesh", "data=4", "--batch-size", "64", "--steps", "1"])
     topo = topos["v5e:2x2"]
-    required = [f.name for f in dataclasses.fields(aot.Report) if f.default is f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name for f in dataclasses.fields(aot_report.Report) if f.default is f.default_factory is dataclasses.MISSING
+    ]
     base = {name: 0 for name in required}
     base.update(model=cfg.model, topology=topo.name, mesh={"data": 4, "fsdp": 1, "tensor": 1})
     base.update(sharding=cfg.sharding, precision=cfg.precision, remat=cfg.remat, hbm_bytes=4000)
@@ -241,7 +247,7 @@ def test_find_batch_resumes_a_search_cut_short(topos, monkeypatch, tmp_path):
     def fake(c, topo, **kw):
         tried.append(c.batch_size)
         need = 1000 + 3 * c.batch_size
-        return aot.Report(**{**base, "global_batch": c.batch_size, "total_bytes": need, "fits": need <= 4000})
+        return aot_report.Report(**{**base, "global_batch": c.batch_size, "total_bytes": need, "fits": need <= 4000})
 
     monkeypatch.setattr(aot, "compile_report", fake)
     full, _ = aot.find_batch(cfg, topo, log=lambda s: None)
@@ -282,9 +288,9 @@ def test_find_batch_resumes_a_search_cut_short(topos, monkeypatch, tmp_path):
     with pytest.raises(SystemExit):  # even a complete search is not reported for other settings
         aot.main([*args, "--precision", "fp32", "--find-batch", "--json", str(path), "--resume"])
     assert not tried and json.loads(path.read_text()) == final
-    with pytest.raises(aot.ResumeError, match="precision 'bf16' \\(now 'fp32'\\)"):
+    with pytest.raises(aot_search.ResumeError, match="precision 'bf16' \\(now 'fp32'\\)"):
         aot.find_batch(dataclasses.replace(cfg, precision="fp32"), topo, log=lambda s: None, resume=cut)
-    with pytest.raises(aot.ResumeError, match="not of a batch that fits"):
+    with pytest.raises(aot_search.ResumeError, match="not of a batch that fits"):
         aot.find_batch(cfg, topo, log=lambda s: None, resume=dataclasses.replace(cut, fits=False))
 
 
@@ -305,7 +311,28 @@ def test_table_rows_name_the_fsdp_size_threshold():
         mfu_bound=0.75,
         search=[[64, 2**30, True], [128, 2**35, False]],
     )
-    plain = aot.table([row]).splitlines()[-1]
+    plain = aot_report.table([row]).splitlines()[-1]
     assert "| fsdp=8 | 64 (8) | 128 |" in plain
-    assert "| fsdp=8 (params >= 4096) |" in aot.table([{**row, "fsdp_min_size": 4096}]).splitlines()[-1]
-    assert "| 64 (8, search unfinished) | 128 |" in aot.table([{**row, "search_done": False}]).splitlines()[-1]
+    assert "| fsdp=8 (params >= 4096) |" in aot_report.table([{**row, "fsdp_min_size": 4096}]).splitlines()[-1]
+    assert "| 64 (8, search unfinished) | 128 |" in aot_report.table([{**row, "search_done": False}]).splitlines()[-1]
+
+
+def test_import_leaves_the_environment_alone():
+    """Importing ``train.aot`` sets no environment variable (beyond jax's own); its command keeps jax's backend on
+    the CPU (with libtpu installed jax would otherwise look for a TPU); making a topology leaves no TPU variable."""
+    cell = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "aot_cells").glob("*.json"))[0]
+    probe = f"""
+import json, os
+import jax  # with libtpu installed, jax sets TPU_LIBRARY_PATH and TPU_SKIP_MDS_QUERY itself
+before = dict(os.environ)
+from train import aot
+assert dict(os.environ) == before, sorted(set(os.environ) ^ set(before))
+assert aot.main(["--table", {str(cell)!r}]) == 0
+aot.topology("v5e:2x2")
+print(json.dumps([jax.config.jax_platforms, sorted(set(os.environ) ^ set(before))]))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS" and not k.startswith(("TPU_", "ALLOW_MULTIPLE"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(aot.__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == ["cpu", []]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from train import aot
+from train import aot_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def _rows(text: str) -> set[str]:
 def test_tpu_table_is_the_commands_output(doc):
     cells = sorted((ROOT / "benchmarks" / "aot_cells").glob("*.json"))
     assert cells
-    printed = _rows(aot.table([json.loads(p.read_text()) for p in cells]))
+    printed = _rows(aot_report.table([json.loads(p.read_text()) for p in cells]))
     assert len(printed) == len(cells)
     written = _rows((ROOT / doc).read_text())
     assert written == printed, (sorted(written - printed), sorted(printed - written))
