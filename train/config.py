@@ -64,7 +64,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     opt_betas: tuple[float, float] | None = None  # None: the optimizer's (timm's) default
-    opt_eps: float = 1e-8
+    opt_eps: float | None = None  # None: the optimizer's (timm's) default
     warmup_steps: int = 0  # a linear warmup over this many updates before the schedule (a prefix)
     warmup_lr: float = 0.0
     min_lr: float = 0.0

@@ -118,6 +118,7 @@ def _scale_by_tree(scales: Any) -> optax.GradientTransformation:
 
 
 DEFAULT_BETAS = {"lion": (0.9, 0.99)}  # timm's; the Adam family's are (0.9, 0.999)
+DEFAULT_EPS = {"lamb": 1e-6}  # timm's; the others' is 1e-8
 
 
 def clip_by_global_norm_timm(max_norm: float) -> optax.GradientTransformation:
@@ -159,19 +160,21 @@ def make_optimizer(
     lr_schedule: optax.Schedule,
     weight_decay: float,
     betas: tuple[float, float] | None = None,
-    eps: float = 1e-8,
+    eps: float | None = None,
     momentum: float = 0.9,
     clip_grad: float | None = None,
     layer_decay: float | None = None,
 ) -> optax.GradientTransformation:
     """The full chain; ``params`` (a pure dict of arrays or shapes) gives the decay mask and layer scales.
 
-    Each optimizer follows timm's (``timm.optim.create_optimizer_v2``) where it differs from optax's default:
-    ``adamw`` (torch AdamW), ``nadamw`` (timm NAdamW, :func:`scale_by_nadam_timm`), ``lamb`` (timm Lamb: its
-    own global-norm clipping at 1, L2 decay inside the update and the trust ratio only where weight decay
-    applies, ``always_adapt=False``), ``sgd`` / ``nesterov`` (SGD with Nesterov momentum, L2 decay added to
-    the gradient), ``momentum`` (the same without Nesterov), ``lion`` (betas 0.9, 0.99 by default)."""
+        Each optimizer follows timm's (``timm.optim.create_optimizer_v2``) where it differs from optax's default:
+        ``adamw`` (torch AdamW), ``nadamw`` (timm NAdamW, :func:`scale_by_nadam_timm`), ``lamb`` (timm Lamb: its
+        own global-norm clipping at 1, L2 decay inside the update and the trust ratio only where weight decay
+        applies, ``always_adapt=False``), ``sgd`` / ``nesterov`` (SGD with Nesterov momentum, L2 decay added to
+        the gradient), ``momentum`` (the same without Nesterov), ``lion``. ``betas`` and ``eps`` default to timm's
+    (Lion 0.9, 0.99; LAMB eps 1e-6)."""
     b1, b2 = betas or DEFAULT_BETAS.get(opt, (0.9, 0.999))
+    eps = eps if eps is not None else DEFAULT_EPS.get(opt, 1e-8)
     parts = [optax.clip_by_global_norm(clip_grad)] if clip_grad else []
     mask = decay_mask(params)
     decayed = jax.tree.map(lambda m: bool(m) and weight_decay != 0, mask)
