@@ -40,9 +40,12 @@ def write_model_file(workdir: str | os.PathLike, model: str, overrides: Mapping[
     Path(workdir, MODEL_FILE).write_text(text)
 
 
-def run_steps(path: str | os.PathLike) -> list[int]:
-    """The checkpointed steps of a run (complete ones only: orbax renames a step into place when written)."""
-    ckpt = Path(path) / "ckpt"
+def run_steps(path: str | os.PathLike, where: str = "ckpt") -> list[int]:
+    """The checkpointed steps of a run (complete ones only: orbax renames a step into place when written) in
+    ``ckpt/`` (the latest ones) or ``best/`` (the best evaluated ones, ``--keep-best``)."""
+    ckpt = Path(path) / where
+    if not ckpt.is_dir():
+        return []
     return sorted(int(d.name) for d in ckpt.iterdir() if d.name.isdigit() and (d / "state").is_dir())
 
 
@@ -56,8 +59,9 @@ class RunWeights:
     tree: dict[str, jax.Array] = field(repr=False)  # weight path -> array (parameters and BatchNorm statistics)
 
 
-def read_run(path: str | os.PathLike, *, step: int | None = None, ema: bool = False) -> RunWeights:
-    """The weights of one checkpointed step of a run (default: the latest), raw or ``ema``."""
+def read_run(path: str | os.PathLike, *, step: int | None = None, ema: bool = False, where: str = "ckpt") -> RunWeights:
+    """The weights of one checkpointed step of a run (default: the latest), raw or ``ema``, from ``ckpt/`` or
+    ``best/`` (``where``)."""
     import orbax.checkpoint as ocp
 
     from converters.io import CheckpointError
@@ -69,14 +73,14 @@ def read_run(path: str | os.PathLike, *, step: int | None = None, ema: bool = Fa
         desc = json.loads((path / MODEL_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read {MODEL_FILE} ({e})") from e
-    steps = run_steps(path)
+    steps = run_steps(path, where)
     if not steps:
-        raise CheckpointError(f"{path}: the run has no checkpoint yet")
+        raise CheckpointError(f"{path}: the run has no checkpoint in {where}/ yet")
     if step is None:
         step = steps[-1]
     elif step not in steps:
-        raise CheckpointError(f"{path}: no checkpoint of step {step}; it has steps {steps}")
-    where = (path / "ckpt" / str(step) / "state").absolute()
+        raise CheckpointError(f"{path}: no checkpoint of step {step} in {where}/; it has steps {steps}")
+    where = (path / where / str(step) / "state").absolute()
     ck = ocp.PyTreeCheckpointer()
     try:
         saved = ck.metadata(where).item_metadata.tree

@@ -80,6 +80,8 @@ class TrainConfig:
     decay_milestones: tuple[float, ...] = (90.0, 180.0, 270.0)  # multistep: the epochs of decays
     decay_rate: float = 0.1  # step / multistep: the factor of each decay; poly: the power
     sched_on_updates: bool | None = None  # lr per update, not per epoch; None: per update unless --epochs is given
+    keep_best: int = 0  # keep the weights of the N best evaluations (by eval_metric) in <workdir>/best/
+    eval_metric: Literal["top1", "top5", "eval_loss", "top1_ema", "top5_ema", "eval_loss_ema"] = "top1"
     clip_grad: float | None = 1.0
     layer_decay: float | None = None
     model_ema_decay: float = 0.0  # 0: no EMA

@@ -31,7 +31,7 @@ from train import data as data_lib
 from train import mesh as mesh_lib
 from train import schedule as schedule_lib
 from train import state as state_lib
-from train.checkpoint import Checkpointer
+from train.checkpoint import BestKeeper, Checkpointer
 from train.config import TrainConfig
 from train.metrics import MetricsWriter, Progress, plot_curves
 from train.plan import make_plan, resolve_img_size
@@ -171,6 +171,9 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
     parts, mesh, tx, sh, num_classes = plan.parts, plan.mesh, plan.tx, plan.shardings, plan.num_classes
     use_ema = cfg.model_ema_decay > 0
     ckpt = Checkpointer(workdir / "ckpt", cfg.keep_ckpts)
+    if cfg.eval_metric.endswith("_ema") and not use_ema:
+        raise ValueError(f"--eval-metric {cfg.eval_metric} needs EMA weights (--model-ema-decay)")
+    best = BestKeeper(workdir / "best", cfg.keep_best, cfg.eval_metric) if cfg.keep_best else None
     restored = ckpt.restore_latest(plan.abstract_state())
     if restored is not None:
         start, st, data_state = restored
@@ -311,6 +314,8 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             if cfg.eval_every and step % cfg.eval_every == 0 and not last:
                 ev = evaluate(st)
                 writer.write({"kind": "eval", "step": step, **ev})
+                if best is not None:
+                    best.save(step, st, ev)
                 progress.write(f"[eval] step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
             if stop:
                 ckpt.save(step, st, train_iter.get_state(), force=True)
@@ -323,11 +328,15 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         if not result.preempted:
             ev = evaluate(st)
             writer.write({"kind": "eval", "step": step, **ev})
+            if best is not None:
+                best.save(step, st, ev)
             result.final_eval = ev
             log("[eval] final: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
     finally:
         progress.close()
         ckpt.close()
+        if best is not None:
+            best.close()
         signals.restore()
         writer.close()
     if main and not result.preempted:

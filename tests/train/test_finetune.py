@@ -129,6 +129,6 @@ def test_run_errors(trained, monkeypatch):
     from converters.io import CheckpointError
 
     monkeypatch.chdir(trained)
-    with pytest.raises(CheckpointError, match="no checkpoint of step 1; it has steps \\[2, 3\\]"):
+    with pytest.raises(CheckpointError, match="no checkpoint of step 1 in ckpt/; it has steps \\[2, 3\\]"):
         read_run("run", step=1)
     assert converters_main(["to-torch", "--src", "run", "--step", "7", "--out", "x.safetensors"]) == 3
