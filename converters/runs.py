@@ -17,6 +17,7 @@ timm checkpoint would be. ``vitjax.create_model(name, pretrained=RUN_DIR)`` and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ def read_run(path: str | os.PathLike, *, step: int | None = None, ema: bool = Fa
         raise CheckpointError(f"{path}: no checkpoint of step {step} in {where}/; it has steps {steps}")
     where = (path / where / str(step) / "state").absolute()
     ck = ocp.PyTreeCheckpointer()
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)  # orbax warns that the item has no step metadata (the manager holds it)
     try:
         saved = ck.metadata(where).item_metadata.tree
         if ema and not saved.get("ema"):
@@ -97,6 +101,8 @@ def read_run(path: str | os.PathLike, *, step: int | None = None, ema: bool = Fa
         raise
     except Exception as e:  # orbax / tensorstore raise many types for damaged files
         raise CheckpointError(f"{where}: the checkpoint cannot be read ({type(e).__name__}: {e})") from e
+    finally:
+        absl_log.setLevel(level)
     out = out["ema"] if ema else out
     tree = {}
     for part in ("params", "batch_stats"):

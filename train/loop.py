@@ -107,7 +107,9 @@ def load_pretrained(cfg: TrainConfig, overrides: dict, sh: state_lib.TrainState)
     )
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    return jax.device_put((params, stats), (sh.params, sh.batch_stats)), report
+    # host copies, so that every process places its own shards of the (replicated-on-host) weights
+    host = jax.device_get((params, stats))
+    return jax.device_put(host, (sh.params, sh.batch_stats)), report
 
 
 def _overrides(cfg: TrainConfig, num_classes: int) -> dict:
