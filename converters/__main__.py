@@ -21,6 +21,7 @@ examples:
   python -m converters to-jax --model vit_base_patch16_224 --src model.safetensors --out ckpt/vit_b16
   python -m converters to-jax --model vit_base_patch16_224 --out ckpt/vit_b16      # the hub's default tag
   python -m converters to-torch --src ckpt/vit_b16 --out vit_b16.safetensors
+  python -m converters to-torch --src runs/finetune --ema --out finetuned.safetensors   # a python -m train run
   python -m converters verify --model vit_base_patch16_224 --src ckpt/vit_b16
 """
 
@@ -96,7 +97,14 @@ def _parser() -> argparse.ArgumentParser:
         "with load_state_dict(strict=True). Tensors are converted and written one at a time; the file is "
         "renamed into place only when complete.",
     )
-    tt.add_argument("--src", required=True, type=Path, help="a vitjax checkpoint directory (from to-jax)")
+    tt.add_argument(
+        "--src",
+        required=True,
+        type=Path,
+        help="a vitjax checkpoint directory (from to-jax) or a python -m train run directory (its latest step)",
+    )
+    tt.add_argument("--ema", action="store_true", help="a run's EMA weights (not its raw ones)")
+    tt.add_argument("--step", type=int, default=None, help="a run's checkpoint of this step (default: the latest)")
     tt.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
     tt.add_argument(
         "--model", default=None, help="the model name; default and checked against: the one the checkpoint records"
@@ -149,16 +157,26 @@ def _to_torch(args) -> int:
     import vitjax
     from converters import orbax_io
     from converters.io import CheckpointError
+    from converters.runs import is_run_dir, read_run, run_model
     from converters.stream import save_torch
     from converters.tables import sources_for
 
     start = time.perf_counter()
-    meta = orbax_io.read_meta(args.src)
-    name = args.model or meta["model"]
-    if args.model and args.model != meta["model"]:
-        raise CheckpointError(f"{args.src} holds {meta['model']!r}, not {args.model!r}")
-    model = vitjax.create_model(name, abstract=True, **orbax_io._overrides_from_json(meta["overrides"]))
-    orbax_io.restore(model, args.src)
+    if is_run_dir(args.src):  # a python -m train run
+        run = read_run(args.src, step=args.step, ema=args.ema)
+        name = run.model
+        if args.model and args.model != name:
+            raise CheckpointError(f"{args.src} trained {name!r}, not {args.model!r}")
+        model = run_model(run)
+    else:
+        if args.ema or args.step is not None:
+            raise CheckpointError(f"{args.src}: --ema and --step apply to a python -m train run directory only")
+        meta = orbax_io.read_meta(args.src)
+        name = args.model or meta["model"]
+        if args.model and args.model != meta["model"]:
+            raise CheckpointError(f"{args.src} holds {meta['model']!r}, not {args.model!r}")
+        model = vitjax.create_model(name, abstract=True, **orbax_io._overrides_from_json(meta["overrides"]))
+        orbax_io.restore(model, args.src)
     loaded = time.perf_counter()
     naming = args.naming or sources_for(model.family)[0]
     out = save_torch(model, args.out, naming, metadata={"format": "pt", "vitjax_model": name}, progress=True)

@@ -7,8 +7,9 @@ Where the weights come from (:func:`resolve`):
   the transformers repo (``model.safetensors``, else ``pytorch_model.bin``, else ``flax_model.msgpack``).
   Downloads go through ``huggingface_hub`` and its cache, so ``HF_HUB_OFFLINE=1`` works from the cache.
 * a path: ``.safetensors`` / ``.pth`` / ``.bin`` (weights only), ``.npz`` (the original Google ViT layout),
-  ``.msgpack`` (transformers' Flax layout), a vitjax checkpoint directory (``python -m converters to-jax``), or
-  a directory holding one of the hub file names.
+  ``.msgpack`` (transformers' Flax layout), a vitjax checkpoint directory (``python -m converters to-jax``), a
+  ``python -m train`` run directory (its latest checkpoint; ``converters.runs``), or a directory holding one of
+  the hub file names.
 * ``"hf-hub:org/name"`` or ``"org/name"``: any hub repo with one of those files.
 
 How they are adapted (:func:`load_state_dict_into`), mirroring timm's ``load_pretrained``: the state_dict's
@@ -41,7 +42,7 @@ NPZ_SUFFIXES = (".npz",)
 TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 VITJAX_META = "vitjax.json"  # marks a vitjax (orbax) checkpoint directory
 
-Kind = Literal["torch", "npz", "hf_flax", "vitjax"]
+Kind = Literal["torch", "npz", "hf_flax", "vitjax", "run"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ def _local(path: Path, cfg: dict[str, Any]) -> Source:
     if path.is_dir():
         if (path / VITJAX_META).is_file():
             return Source("vitjax", path, cfg, f"vitjax checkpoint {path}")
+        from converters.runs import is_run_dir
+
+        if is_run_dir(path):  # a python -m train run: its latest checkpoint
+            return Source("run", path, cfg, f"training run {path}")
         for fname in HF_FILES:
             if (path / fname).is_file():
                 return Source(_kind_of_file(path / fname), path / fname, cfg, str(path / fname))
@@ -328,6 +333,10 @@ def load_pretrained(
 
         orbax_io.restore(model, source.path, init=init, progress=progress)
         cfg = orbax_io.read_meta(source.path).get("pretrained_cfg") or source.pretrained_cfg
+    elif source.kind == "run":
+        from converters.runs import load_run_into
+
+        cfg = load_run_into(model, source.path, init=init, progress=progress)
     elif source.kind == "npz":
         from converters import npz
 

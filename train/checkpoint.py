@@ -10,6 +10,7 @@ state (weights, optimizer, EMA, step, key) and the data iterator's state.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -102,6 +103,49 @@ class Checkpointer:
 
             multihost_utils.sync_global_devices(f"quarantine-{step}")
         self.manager = self._open()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def metric_mode(metric: str) -> str:
+    """Whether a higher (``max``: accuracies) or a lower (``min``: losses) value of ``metric`` is better."""
+    return "min" if "loss" in metric else "max"
+
+
+class BestKeeper:
+    """The weights (``params``, ``batch_stats``, ``ema``) of the ``keep`` best evaluated steps by one eval
+    metric, in ``<workdir>/best/<step>/`` (timm's ``CheckpointSaver``, ``--keep-best`` = its ``max_history``);
+    ``<workdir>/best/metrics.json`` records every evaluated step's metrics. A run directory's best steps are
+    read as its other checkpoints (``converters.runs.read_run(..., where="best")``)."""
+
+    def __init__(self, directory: str | Path, keep: int, metric: str):
+        _small_arrays_written_whole()
+        self.directory = Path(directory).absolute()
+        self.metric = metric
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            best_fn=lambda m: m[metric],
+            best_mode=metric_mode(metric),
+            keep_checkpoints_without_metrics=False,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state: Any, metrics: dict[str, float]) -> None:
+        if self.metric not in metrics:
+            raise ValueError(f"--eval-metric {self.metric!r} is not among the eval metrics {sorted(metrics)}")
+        if step in self.manager.all_steps():
+            return
+        weights = {"params": state.params, "batch_stats": state.batch_stats, "ema": state.ema}
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(weights)), metrics=metrics)
+        if jax.process_index() == 0:
+            path = self.directory / "metrics.json"
+            seen = json.loads(path.read_text()) if path.exists() else {}
+            seen[str(step)] = metrics
+            path.write_text(json.dumps(seen, indent=1, sort_keys=True))
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -1,9 +1,13 @@
 """The training configuration: one frozen dataclass, filled from the command line and/or a YAML/JSON file.
 
-Flag names follow timm's ``train.py`` where it has one (``--opt``, ``--lr``, ``--weight-decay``, ``--warmup-epochs``
-becomes ``--warmup-steps`` here, ``--min-lr``, ``--clip-grad``, ``--layer-decay``, ``--model-ema-decay``,
-``--smoothing`` is spelled ``--label-smoothing``, ``--mixup``, ``--cutmix``, ``--drop-path``). A config file
-(``--config run.yaml``) may set any field by its name; flags given on the command line win over the file.
+Flag names follow timm's ``train.py`` where it has one (``--opt``, ``--lr``, ``--weight-decay``, ``--momentum``,
+``--sched``, ``--epochs``, ``--warmup-epochs``, ``--cooldown-epochs``, ``--warmup-lr``, ``--min-lr``,
+``--warmup-prefix``, ``--decay-epochs``, ``--decay-milestones``, ``--decay-rate``, ``--sched-on-updates``,
+``--clip-grad``, ``--layer-decay``, ``--model-ema-decay``, ``--bce-loss``, ``--bce-target-thresh``, ``--mixup``,
+``--cutmix``, ``--drop-path``; ``--smoothing`` is spelled ``--label-smoothing``); ``--warmup-steps`` is a
+warmup in updates. A config file (``--config run.yaml``) may set any field by its name; flags given on the
+command line win over the file. A value outside a field's choices is a command-line error, from a flag or
+from the file.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Architecture overrides that may be given as flags; each is passed to ``vitjax.create_model``.
@@ -33,7 +38,9 @@ MODEL_FLAGS = {
 class TrainConfig:
     # model
     model: str
-    pretrained: str | None = None  # timm / HF checkpoint file (converted), or a vitjax (orbax) run directory
+    # anything vitjax.create_model(pretrained=...) takes ('True': the default hub tag), or a python -m train run
+    pretrained: str | None = None
+    pretrained_ema: bool = False  # with a run directory: its EMA weights
     img_size: int | None = None  # None: the model's default
     model_args: dict[str, Any] = field(default_factory=dict)  # overrides for vitjax.create_model
     # data
@@ -53,14 +60,28 @@ class TrainConfig:
     mixup_switch_prob: float = 0.5
     data_workers: int = 0  # grain read threads (0: read in the main thread)
     # optimisation
-    opt: Literal["adamw", "lamb", "nadamw"] = "adamw"
+    opt: Literal["adamw", "nadamw", "lamb", "sgd", "nesterov", "momentum", "lion"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
-    opt_betas: tuple[float, float] = (0.9, 0.999)
-    opt_eps: float = 1e-8
-    warmup_steps: int = 0
+    opt_betas: tuple[float, float] | None = None  # None: the optimizer's (timm's) default
+    opt_eps: float | None = None  # None: the optimizer's (timm's) default
+    warmup_steps: int = 0  # a linear warmup over this many updates before the schedule (a prefix)
     warmup_lr: float = 0.0
     min_lr: float = 0.0
+    # losses, optimizers and schedules as timm's train.py (issue 24)
+    bce_loss: bool = False  # binary cross-entropy on the (mixed, smoothed) targets, as timm's BinaryCrossEntropy
+    bce_target_thresh: float | None = None  # targets above it become 1, the rest 0
+    momentum: float = 0.9  # sgd / nesterov / momentum
+    sched: Literal["cosine", "step", "multistep", "poly", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    cooldown_epochs: float = 0.0  # at min_lr after the schedule (added to --epochs)
+    warmup_prefix: bool | None = None  # None: True with --warmup-steps, else timm's False
+    decay_epochs: float = 90.0  # step: the interval of decays
+    decay_milestones: tuple[float, ...] = (90.0, 180.0, 270.0)  # multistep: the epochs of decays
+    decay_rate: float = 0.1  # step / multistep: the factor of each decay; poly: the power
+    sched_on_updates: bool | None = None  # lr per update, not per epoch; None: per update unless --epochs is given
+    keep_best: int = 0  # keep the weights of the N best evaluations (by eval_metric) in <workdir>/best/
+    eval_metric: Literal["top1", "top5", "eval_loss", "top1_ema", "top5_ema", "eval_loss_ema"] = "top1"
     clip_grad: float | None = 1.0
     layer_decay: float | None = None
     model_ema_decay: float = 0.0  # 0: no EMA
@@ -86,6 +107,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        for name, allowed in choices().items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{_flag(name)}: {getattr(self, name)!r} is not one of {list(allowed)}")
         if self.steps is None and self.epochs is None:
             raise ValueError("give --steps or --epochs")
         if self.grad_accum_steps < 1:
@@ -108,6 +132,13 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
+@cache
+def choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of every field typed ``Literal[...]``."""
+    hints = get_type_hints(TrainConfig)
+    return {name: get_args(t) for name, t in hints.items() if get_origin(t) is Literal}
+
+
 def parse_mesh(text: str) -> dict[str, int]:
     """``'data=2,fsdp=4'`` -> ``{'data': 2, 'fsdp': 4}``."""
     out = {}
@@ -124,6 +155,10 @@ def _pair(text: str) -> tuple[float, float]:
     return a, b
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -132,13 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description="Train a vitjax model (sharded, resumable).")
     p.add_argument("--config", help="YAML or JSON file setting any field by name; flags override it")
     kinds = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    special = {"mesh": parse_mesh, "scale": _pair, "ratio": _pair, "opt_betas": _pair}
+    special = {"mesh": parse_mesh, "scale": _pair, "ratio": _pair, "opt_betas": _pair, "decay_milestones": _floats}
+    allowed = choices()
     for name, f in kinds.items():
         if name == "model_args":
             continue
-        if name in special:
+        if name in allowed:
+            p.add_argument(_flag(name), choices=allowed[name], default=None)
+        elif name in special:
             p.add_argument(_flag(name), type=special[name], default=None)
-        elif f.type in ("bool",):
+        elif f.type in ("bool", "bool | None"):
             p.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=None)
         else:
             conv = int if f.type.startswith("int") else float if f.type.startswith("float") else str
@@ -158,9 +196,16 @@ def load_file(path: str) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
-    values: dict[str, Any] = load_file(args.pop("config")) if args.get("config") else {}
-    args.pop("config", None)
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    where = args.pop("config", None)
+    values: dict[str, Any] = load_file(where) if where else {}
+    for name, allowed in choices().items():
+        if name in values and values[name] not in allowed:
+            parser.error(f"{where}: {name}: invalid choice {values[name]!r} (choose from {list(allowed)})")
+    unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        parser.error(f"{where}: unknown keys {sorted(unknown)}")
     model_args = dict(values.pop("model_args", {}))
     for key in list(args):
         if key.startswith("model__"):
@@ -168,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             if v is not None:
                 model_args[key.removeprefix("model__")] = v
     values.update({k: v for k, v in args.items() if v is not None})
-    for k in ("scale", "ratio", "opt_betas"):
+    for k in ("scale", "ratio", "opt_betas", "decay_milestones"):
         if isinstance(values.get(k), list):
             values[k] = tuple(values[k])
     if "model" not in values:

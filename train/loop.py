@@ -12,7 +12,6 @@ run's key folded with the step, and the state is restored exactly.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -27,10 +26,12 @@ from flax import nnx
 from jax import numpy as jnp
 
 import vitjax
+from converters.runs import write_model_file
 from train import data as data_lib
 from train import mesh as mesh_lib
+from train import schedule as schedule_lib
 from train import state as state_lib
-from train.checkpoint import Checkpointer
+from train.checkpoint import BestKeeper, Checkpointer
 from train.config import TrainConfig
 from train.metrics import MetricsWriter, Progress, plot_curves
 from train.plan import make_plan, resolve_img_size
@@ -91,18 +92,24 @@ def _scalar(x: jax.Array) -> float:
     return float(np.asarray(x.addressable_data(0)))
 
 
-def load_pretrained(cfg: TrainConfig, overrides: dict, sh: state_lib.TrainState) -> tuple[dict, dict]:
-    """Weights from a timm / HF checkpoint file through the converters, placed straight into their shardings."""
-    import converters
+def load_pretrained(cfg: TrainConfig, overrides: dict, sh: state_lib.TrainState) -> tuple[tuple[dict, dict], Any]:
+    """Weights from ``--pretrained`` (``create_model``'s loading path: any checkpoint it takes, or a run
+    directory), adapted to this run's size and classes, placed into their shardings; and the load report."""
+    from train.runs import load_weights
 
-    flat = {}
-    for tree in (sh.params, sh.batch_stats):
-        for path, s in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            flat[".".join(str(getattr(k, "key", k)) for k in path)] = s
     model = vitjax.create_model(cfg.model, seed=cfg.seed, abstract=True, **overrides)
-    source = "hf" if model.family == "hf_vit" else "timm"
-    converters.from_torch(model, cfg.pretrained, source=source, shardings=flat)
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param)), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    spec = True if cfg.pretrained in ("True", "true") else cfg.pretrained
+    report = load_weights(
+        model,
+        spec,
+        ema=cfg.pretrained_ema,
+        init=lambda: vitjax.create_model(cfg.model, seed=cfg.seed, **overrides),
+    )
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    # host copies, so that every process places its own shards of the (replicated-on-host) weights
+    host = jax.device_get((params, stats))
+    return jax.device_put(host, (sh.params, sh.batch_stats)), report
 
 
 def _overrides(cfg: TrainConfig, num_classes: int) -> dict:
@@ -151,23 +158,39 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
 
     img_size = resolve_img_size(cfg)
     data = data_lib.load_dataset(cfg.data, img_size)
-    total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * len(data.train) / cfg.batch_size)
+    total = schedule_lib.total_steps(cfg, len(data.train))
+    upe = schedule_lib.updates_per_epoch(cfg, len(data.train))
     overrides = _overrides(cfg, data.num_classes)
     overrides["img_size"] = img_size
-    plan = make_plan(cfg, overrides, mesh_lib.make_mesh(cfg.mesh, devices), img_size=img_size, total_steps=total)
+    plan = make_plan(
+        cfg,
+        overrides,
+        mesh_lib.make_mesh(cfg.mesh, devices),
+        img_size=img_size,
+        total_steps=total,
+        updates_per_epoch=upe,
+    )
     parts, mesh, tx, sh, num_classes = plan.parts, plan.mesh, plan.tx, plan.shardings, plan.num_classes
     use_ema = cfg.model_ema_decay > 0
     ckpt = Checkpointer(workdir / "ckpt", cfg.keep_ckpts)
+    if cfg.eval_metric.endswith("_ema") and not use_ema:
+        raise ValueError(f"--eval-metric {cfg.eval_metric} needs EMA weights (--model-ema-decay)")
+    best = BestKeeper(workdir / "best", cfg.keep_best, cfg.eval_metric) if cfg.keep_best else None
     restored = ckpt.restore_latest(plan.abstract_state())
     if restored is not None:
         start, st, data_state = restored
         log(f"[train] resumed from step {start} ({ckpt.directory})")
     else:
-        weights = load_pretrained(cfg, overrides, sh) if cfg.pretrained else None
+        weights = None
+        if cfg.pretrained:
+            weights, report = load_pretrained(cfg, overrides, sh)
+            for line in report.lines():
+                log(f"[train] {line}")
         st = state_lib.init_state(cfg.model, overrides, tx, sh, seed=cfg.seed, weights=weights)
         start, data_state = 0, None
     if main:
         (workdir / "config.json").write_text(cfg.to_json())
+        write_model_file(workdir, cfg.model, overrides)
         n_params = state_lib.param_count(parts)
         log(
             f"[train] {cfg.model}: {n_params / 1e6:.2f}M params, img {img_size}, {num_classes} classes; "
@@ -293,6 +316,8 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             if cfg.eval_every and step % cfg.eval_every == 0 and not last:
                 ev = evaluate(st)
                 writer.write({"kind": "eval", "step": step, **ev})
+                if best is not None:
+                    best.save(step, st, ev)
                 progress.write(f"[eval] step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
             if stop:
                 ckpt.save(step, st, train_iter.get_state(), force=True)
@@ -305,11 +330,15 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         if not result.preempted:
             ev = evaluate(st)
             writer.write({"kind": "eval", "step": step, **ev})
+            if best is not None:
+                best.save(step, st, ev)
             result.final_eval = ev
             log("[eval] final: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
     finally:
         progress.close()
         ckpt.close()
+        if best is not None:
+            best.close()
         signals.restore()
         writer.close()
     if main and not result.preempted:

@@ -1,5 +1,6 @@
-"""The optimizer: ``clip_by_global_norm`` -> AdamW / LAMB / NAdamW with timm's weight-decay exclusions and
-layer-wise lr decay, a linear-warmup + cosine schedule, and the weight EMA with timm's warmup.
+"""The optimizer: ``clip_by_global_norm`` -> AdamW / NAdamW / LAMB / SGD / Lion as timm's, with timm's
+weight-decay exclusions and layer-wise lr decay, the schedule of ``train.schedule``, and the weight EMA with
+timm's warmup.
 
 Every piece works on pure dicts of parameters (``nnx.to_pure_dict``), keyed by paths such as
 ``blocks.3.attn.qkv.kernel``.
@@ -13,8 +14,9 @@ Every piece works on pure dicts of parameters (``nnx.to_pure_dict``), keyed by p
   ``layer_decay ** (L + 1 - i)``. Blocks are ``blocks.{k}`` (ViT) or ``stages.{s}.blocks.{b}`` counted in
   order (conv nets, MaxxViT); other stage modules (downsamples) join their stage's first block. The scale
   multiplies the update, so, as in timm, it scales the decoupled weight decay too.
-* Schedule: ``warmup_lr -> lr`` linearly over ``warmup_steps``, then a half cosine from ``lr`` to ``min_lr`` at
-  ``total_steps`` (timm's cosine with ``warmup_prefix=True``).
+* :func:`schedule` (kept for callers that want a plain per-update cosine): ``warmup_lr -> lr`` linearly over
+  ``warmup_steps``, then a half cosine from ``lr`` to ``min_lr`` at ``total_steps`` (timm's cosine with
+  ``warmup_prefix=True`` on updates). Runs take theirs from ``train.schedule``.
 * EMA (timm ``ModelEmaV3``): after ``t`` optimizer updates, ``ema <- d * ema + (1 - d) * params`` with
   ``d = 0`` for ``t <= 1`` and ``d = min(decay, 1 - (1 + t') ** (-2/3))``, ``t' = t - 1`` (the warmup, when
   on);
@@ -115,33 +117,87 @@ def _scale_by_tree(scales: Any) -> optax.GradientTransformation:
     return optax.stateless(lambda updates, params=None: jax.tree.map(lambda u, s: u * s, updates, scales))
 
 
+DEFAULT_BETAS = {"lion": (0.9, 0.99)}  # timm's; the Adam family's are (0.9, 0.999)
+DEFAULT_EPS = {"lamb": 1e-6}  # timm's; the others' is 1e-8
+
+
+def clip_by_global_norm_timm(max_norm: float) -> optax.GradientTransformation:
+    """timm ``Lamb``'s own clipping: the gradients divided by ``max(global_norm / max_norm, 1)``."""
+
+    def update(updates, state, params=None):
+        scale = jnp.maximum(optax.tree.norm(updates) / max_norm, 1.0)
+        return jax.tree.map(lambda g: g / scale, updates), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def scale_by_nadam_timm(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """timm ``NAdamW``'s direction: ``(b1 m_t + (1 - b1) g) / (1 - b1^t)`` over ``sqrt(v_t / (1 - b2^t)) + eps``
+    (optax's nesterov Adam corrects the gradient term by ``1 - b1^t`` and the momentum one by ``1 - b1^(t+1)``)."""
+
+    def init(params):
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+        return optax.ScaleByAdamState(count=jnp.zeros((), jnp.int32), mu=zeros(), nu=zeros())
+
+    def update(updates, state, params=None):
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
+        count = state.count + 1
+        t = count.astype(jnp.float32)
+        bc1, bc2 = 1 - b1**t, 1 - b2**t
+        out = jax.tree.map(
+            lambda m, v, g: ((b1 * m + (1 - b1) * g) / bc1) / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps), mu, nu, updates
+        )
+        return out, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(
     params: Mapping,
     *,
     opt: str,
     lr_schedule: optax.Schedule,
     weight_decay: float,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
+    betas: tuple[float, float] | None = None,
+    eps: float | None = None,
+    momentum: float = 0.9,
     clip_grad: float | None = None,
     layer_decay: float | None = None,
 ) -> optax.GradientTransformation:
-    """The full chain; ``params`` (a pure dict of arrays or shapes) gives the decay mask and layer scales."""
-    b1, b2 = betas
+    """The full chain; ``params`` (a pure dict of arrays or shapes) gives the decay mask and layer scales.
+
+        Each optimizer follows timm's (``timm.optim.create_optimizer_v2``) where it differs from optax's default:
+        ``adamw`` (torch AdamW), ``nadamw`` (timm NAdamW, :func:`scale_by_nadam_timm`), ``lamb`` (timm Lamb: its
+        own global-norm clipping at 1, L2 decay inside the update and the trust ratio only where weight decay
+        applies, ``always_adapt=False``), ``sgd`` / ``nesterov`` (SGD with Nesterov momentum, L2 decay added to
+        the gradient), ``momentum`` (the same without Nesterov), ``lion``. ``betas`` and ``eps`` default to timm's
+    (Lion 0.9, 0.99; LAMB eps 1e-6)."""
+    b1, b2 = betas or DEFAULT_BETAS.get(opt, (0.9, 0.999))
+    eps = eps if eps is not None else DEFAULT_EPS.get(opt, 1e-8)
     parts = [optax.clip_by_global_norm(clip_grad)] if clip_grad else []
     mask = decay_mask(params)
+    decayed = jax.tree.map(lambda m: bool(m) and weight_decay != 0, mask)
     if opt == "adamw":
         parts += [optax.scale_by_adam(b1, b2, eps), optax.add_decayed_weights(weight_decay, mask)]
     elif opt == "nadamw":
-        parts += [optax.scale_by_adam(b1, b2, eps, nesterov=True), optax.add_decayed_weights(weight_decay, mask)]
+        parts += [scale_by_nadam_timm(b1, b2, eps), optax.add_decayed_weights(weight_decay, mask)]
     elif opt == "lamb":
         parts += [
+            clip_by_global_norm_timm(1.0),
             optax.scale_by_adam(b1, b2, eps),
             optax.add_decayed_weights(weight_decay, mask),
-            optax.scale_by_trust_ratio(),
+            optax.masked(optax.scale_by_trust_ratio(), decayed),
         ]
+    elif opt in ("sgd", "nesterov", "momentum"):
+        parts += [
+            optax.add_decayed_weights(weight_decay, mask),
+            optax.trace(decay=momentum, nesterov=opt != "momentum"),
+        ]
+    elif opt == "lion":
+        parts += [optax.scale_by_lion(b1, b2), optax.add_decayed_weights(weight_decay, mask)]
     else:
-        raise ValueError(f"unknown optimizer {opt!r}; use adamw, lamb or nadamw")
+        raise ValueError(f"unknown optimizer {opt!r}; use adamw, nadamw, lamb, sgd, nesterov, momentum or lion")
     if layer_decay is not None and layer_decay != 1.0:
         parts.append(_scale_by_tree(layer_scales(params, layer_decay)))
     parts.append(optax.scale_by_learning_rate(lr_schedule))

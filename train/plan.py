@@ -21,7 +21,7 @@ from jax import numpy as jnp
 import vitjax
 import vitjax.data
 from train import mesh as mesh_lib
-from train import optim
+from train import optim, schedule
 from train import state as state_lib
 from train.config import TrainConfig
 from train.steps import make_train_step
@@ -87,6 +87,8 @@ class StepPlan:
             ema_decay_rate=cfg.model_ema_decay,
             ema_warmup=cfg.model_ema_warmup,
             constrain=constrain,
+            bce=cfg.bce_loss,
+            bce_target_thresh=cfg.bce_target_thresh,
         )
 
         def keyed_step(state: state_lib.TrainState, batch: dict) -> tuple[state_lib.TrainState, dict]:
@@ -111,15 +113,22 @@ class StepPlan:
 
 
 def make_plan(
-    cfg: TrainConfig, overrides: Mapping[str, Any], mesh: jax.sharding.Mesh, *, img_size: int, total_steps: int
+    cfg: TrainConfig,
+    overrides: Mapping[str, Any],
+    mesh: jax.sharding.Mesh,
+    *,
+    img_size: int,
+    total_steps: int,
+    updates_per_epoch: int | None = None,
 ) -> StepPlan:
     """The plan of ``cfg`` on ``mesh``: the model built abstractly with ``overrides`` (``create_model`` keyword
-    arguments) at ``img_size``, a schedule of ``total_steps``."""
+    arguments) at ``img_size``, a schedule of ``total_steps`` updates (``train.schedule``; epochs of
+    ``updates_per_epoch`` updates, default: the whole run is one epoch)."""
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.batch_size % dp:
         raise ValueError(f"global batch {cfg.batch_size} is not divisible by data x fsdp = {dp} devices")
     parts = state_lib.build_parts(cfg.model, {**overrides, "img_size": img_size}, seed=cfg.seed, remat=cfg.remat)
-    lr_fn = optim.schedule(cfg.lr, total_steps, cfg.warmup_steps, cfg.warmup_lr, cfg.min_lr)
+    lr_fn = schedule.lr_schedule(cfg, total_steps, updates_per_epoch or max(total_steps, 1))
     tx = optim.make_optimizer(
         nnx.to_pure_dict(parts.params),
         opt=cfg.opt,
@@ -127,6 +136,7 @@ def make_plan(
         weight_decay=cfg.weight_decay,
         betas=cfg.opt_betas,
         eps=cfg.opt_eps,
+        momentum=cfg.momentum,
         clip_grad=cfg.clip_grad,
         layer_decay=cfg.layer_decay,
     )

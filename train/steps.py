@@ -5,7 +5,8 @@
 
 * the batch holds ``image`` (uint8 NHWC) and ``label`` (int32); images are normalised on the device;
 * mixup / cutmix (timm's ``Mixup`` in batch mode: one lambda per batch, partner = the batch reversed) and label
-  smoothing make soft targets; the loss is soft-target cross-entropy;
+  smoothing make soft targets; the loss is soft-target cross-entropy, or binary cross-entropy (``--bce-loss``,
+  optionally on targets binarised at ``--bce-target-thresh``), as timm's ``train.py`` picks them;
 * gradient accumulation scans over ``accum`` micro-batches, carrying BatchNorm statistics from one to the next;
 * with ``compute_dtype=bfloat16`` the fp32 master weights are cast inside the loss, so gradients, the optimizer
   and the stored weights stay fp32;
@@ -87,6 +88,20 @@ def mix(
     return x, y * lam + y[::-1] * (1.0 - lam)
 
 
+def soft_target_loss(
+    logits: jax.Array, targets: jax.Array, *, bce: bool = False, bce_target_thresh: float | None = None
+) -> jax.Array:
+    """The mean loss on soft targets (``B, K``: smoothed and mixed): cross-entropy (timm's
+    ``SoftTargetCrossEntropy``), or with ``bce`` binary cross-entropy averaged over every logit (timm's
+    ``BinaryCrossEntropy``, whose targets are first binarised at ``bce_target_thresh`` when given)."""
+    logits = logits.astype(jnp.float32)
+    if not bce:
+        return optax.softmax_cross_entropy(logits, targets).mean()
+    if bce_target_thresh is not None:
+        targets = (targets > bce_target_thresh).astype(targets.dtype)
+    return optax.sigmoid_binary_cross_entropy(logits, targets).mean()
+
+
 def cast_floats(tree: Any, dtype) -> Any:
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
@@ -110,8 +125,11 @@ def make_train_step(
     ema_decay_rate: float = 0.0,
     ema_warmup: bool = True,
     constrain: Callable[[jax.Array], jax.Array] | None = None,
+    bce: bool = False,
+    bce_target_thresh: float | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """``constrain``: the batch-axis activation constraint of ``train.mesh.activation_constraint``."""
+    """``constrain``: the batch-axis activation constraint of ``train.mesh.activation_constraint``; ``bce``,
+    ``bce_target_thresh``: the loss (:func:`soft_target_loss`)."""
     if num_classes <= 0:
         raise ValueError(
             "the model has no classifier (num_classes=0, e.g. a ViTModel backbone): pass --num-classes N to train it"
@@ -122,7 +140,7 @@ def make_train_step(
         nnx.reseed(model, dropout=key)
         with activation_sharding(constrain):
             logits = model(x).astype(jnp.float32)
-        loss = optax.softmax_cross_entropy(logits, y).mean()
+        loss = soft_target_loss(logits, y, bce=bce, bce_target_thresh=bce_target_thresh)
         return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

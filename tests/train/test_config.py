@@ -25,3 +25,33 @@ def test_bad_input_is_refused():
         parse_args(["--model", "vit_tiny_patch16_224"])
     with pytest.raises(Exception, match="bad mesh entry"):
         parse_mesh("data=2,pipeline=4")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("precision", "fp16"), ("nan_policy", "ignore"), ("opt", "adam"), ("sched", "plateau"), ("sharding", "zero")],
+)
+def test_values_outside_choices_are_command_line_errors(tmp_path, capsys, flag, value):
+    """``--precision fp16`` once ran fp32 and ``--nan-policy ignore`` acted as ``skip``: a flag or a config-file
+    value outside its field's choices now stops the command line (argparse's exit 2), naming the field."""
+    base = ["--model", "vit_tiny_patch16_224", "--steps", "1"]
+    with pytest.raises(SystemExit) as e:
+        parse_args([*base, "--" + flag.replace("_", "-"), value])
+    assert e.value.code == 2
+    assert f"invalid choice: '{value}'" in capsys.readouterr().err
+    path = tmp_path / "run.yaml"
+    path.write_text(f"{flag}: {value}\n")
+    with pytest.raises(SystemExit) as e:
+        parse_args([*base, "--config", str(path)])
+    assert e.value.code == 2
+    assert f"{path}: {flag}: invalid choice '{value}'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="is not one of"):  # and the dataclass itself refuses it
+        parse_args(base).__class__(model="m", steps=1, **{flag: value})
+
+
+def test_config_file_unknown_key(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: vit_tiny_patch16_224\nsteps: 1\nprecison: bf16\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(path)])
+    assert "unknown keys ['precison']" in capsys.readouterr().err

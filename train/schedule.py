@@ -1,0 +1,124 @@
+"""Learning-rate schedules as timm's ``train.py`` runs them (``timm.scheduler.create_scheduler_v2``).
+
+The schedule is a function of the optimizer update count ``u`` (0-based: the lr the ``u``-th update uses).
+timm counts its schedule in ``t`` units: epochs by default (the lr changes at epoch boundaries,
+``t = u // updates_per_epoch``), or updates with ``--sched-on-updates`` (``t = u``). In ``t``:
+
+* warmup: ``warmup_lr + t * (lr - warmup_lr) / warmup_t`` for ``t < warmup_t``;
+* after it (``t`` less ``warmup_t`` when ``warmup_prefix``): ``cosine`` ``min_lr + (lr - min_lr)(1 + cos(pi t /
+  t_initial)) / 2``, ``poly`` ``min_lr + (lr - min_lr)(1 - t / t_initial) ** decay_rate``, both ``min_lr`` from
+  ``t_initial`` on (the cooldown); ``step`` ``lr * decay_rate ** (t // decay_t)``; ``multistep`` ``lr *
+  decay_rate ** #{milestones m: m <= t + 1}`` (timm's convention); ``constant`` ``lr``.
+
+As in timm, the run lasts ``epochs`` (+ ``warmup_epochs`` with the prefix) + ``cooldown_epochs`` epochs of
+``len(train) // batch_size`` updates. ``--warmup-steps N`` (a warmup in updates, as a prefix, with the schedule
+per update) keeps the meaning it had before the epoch flags existed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import optax
+from jax import numpy as jnp
+
+from train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A schedule in timm's ``t`` units, and how updates map onto them."""
+
+    sched: str
+    lr: float
+    t_initial: float
+    updates_per_t: int = 1  # 1: on updates; updates_per_epoch: on epochs
+    warmup_t: float = 0.0
+    warmup_lr: float = 0.0
+    warmup_prefix: bool = False
+    min_lr: float = 0.0
+    decay_t: float = 90.0
+    milestones: tuple[float, ...] = ()
+    decay_rate: float = 0.1
+
+    def __call__(self, update):
+        """The lr of update ``update`` (0-based), traceable."""
+        t = (jnp.asarray(update, jnp.int32) // self.updates_per_t).astype(jnp.float32)
+        warm = self.warmup_lr + t * ((self.lr - self.warmup_lr) / max(self.warmup_t, 1e-12))
+        s = t - self.warmup_t if self.warmup_prefix else t
+        if self.sched == "cosine":
+            frac = s / self.t_initial
+            after = self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + jnp.cos(math.pi * frac))
+            after = jnp.where(s < self.t_initial, after, self.min_lr)
+        elif self.sched == "poly":
+            frac = jnp.clip(s / self.t_initial, 0.0, 1.0)
+            after = self.min_lr + (self.lr - self.min_lr) * (1.0 - frac) ** self.decay_rate
+            after = jnp.where(s < self.t_initial, after, self.min_lr)
+        elif self.sched == "step":
+            after = self.lr * self.decay_rate ** jnp.floor(s / self.decay_t)
+        elif self.sched == "multistep":
+            n = sum(((s + 1.0) >= m).astype(jnp.float32) for m in self.milestones) if self.milestones else 0.0
+            after = self.lr * self.decay_rate**n
+        elif self.sched == "constant":
+            after = jnp.full_like(t, self.lr)
+        else:
+            raise ValueError(f"unknown schedule {self.sched!r}")
+        return jnp.where(t < self.warmup_t, warm, after) if self.warmup_t else after
+
+
+def warmup_prefix(cfg: TrainConfig) -> bool:
+    return cfg.warmup_prefix if cfg.warmup_prefix is not None else cfg.warmup_steps > 0
+
+
+def on_updates(cfg: TrainConfig) -> bool:
+    if cfg.sched_on_updates is not None:
+        return cfg.sched_on_updates
+    return cfg.steps is not None or cfg.warmup_steps > 0
+
+
+def updates_per_epoch(cfg: TrainConfig, num_train: int) -> int:
+    """Updates in one pass over the training set (timm: the batches of its drop-last loader)."""
+    return max(num_train // cfg.batch_size, 1)
+
+
+def total_steps(cfg: TrainConfig, num_train: int) -> int:
+    """``--steps``, else timm's number of epochs (with the warmup prefix and the cooldown) in updates."""
+    if cfg.steps is not None:
+        return cfg.steps
+    epochs = cfg.epochs + (cfg.warmup_epochs if warmup_prefix(cfg) else 0.0) + cfg.cooldown_epochs
+    return math.ceil(epochs * updates_per_epoch(cfg, num_train))
+
+
+def plan(cfg: TrainConfig, total: int, upe: int) -> Plan:
+    """The schedule of ``cfg`` for a run of ``total`` updates, ``upe`` updates per epoch."""
+    if cfg.warmup_steps and cfg.warmup_epochs:
+        raise ValueError("give --warmup-steps or --warmup-epochs, not both")
+    prefix, per_update = warmup_prefix(cfg), on_updates(cfg)
+    if cfg.warmup_steps and not per_update:
+        raise ValueError("--warmup-steps counts updates: it needs the schedule on updates (--sched-on-updates)")
+    unit = 1 if per_update else upe  # updates per t
+    warm = cfg.warmup_steps if cfg.warmup_steps else cfg.warmup_epochs * (upe if per_update else 1)
+    cooldown = cfg.cooldown_epochs * (upe if per_update else 1)
+    if cfg.steps is None:
+        t_initial = cfg.epochs * (upe if per_update else 1)
+    else:  # the schedule ends where the run does (less the cooldown)
+        t_initial = total / unit - (warm if prefix else 0.0) - cooldown
+    scale = upe if per_update else 1
+    return Plan(
+        sched=cfg.sched,
+        lr=cfg.lr,
+        t_initial=max(t_initial, 1e-12),
+        updates_per_t=unit,
+        warmup_t=warm,
+        warmup_lr=cfg.warmup_lr,
+        warmup_prefix=prefix,
+        min_lr=cfg.min_lr,
+        decay_t=cfg.decay_epochs * scale,
+        milestones=tuple(m * scale for m in cfg.decay_milestones),
+        decay_rate=cfg.decay_rate,
+    )
+
+
+def lr_schedule(cfg: TrainConfig, total: int, upe: int) -> optax.Schedule:
+    return plan(cfg, total, upe)
