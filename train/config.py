@@ -52,6 +52,16 @@ class TrainConfig:
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     data_workers: int = 0  # grain read threads (0: read in the main thread)
+    # augmentation, timm's train.py flags (train.augment); None: the dataset's default
+    aa: str | None = None  # rand-m9-mstd0.5-inc1, original, v0, augmix-m3-w3, ...
+    reprob: float = 0.0  # random erasing probability
+    remode: Literal["const", "rand", "pixel"] = "pixel"
+    recount: int = 1
+    color_jitter: float | None = None  # None: 0.4 (ImageFolder), 0 (digits); off when --aa is set
+    train_interpolation: Literal["random", "nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"] | None = None
+    vflip: float = 0.0
+    aug_repeats: float = 0  # repeated augmentation: each example this many times per epoch, over processes
+    crop_pct: float | None = None  # eval centre-crop fraction; None: the model's
     # optimisation
     opt: Literal["adamw", "lamb", "nadamw"] = "adamw"
     lr: float = 1e-3
@@ -95,6 +105,7 @@ class TrainConfig:
             raise ValueError(f"unknown mesh axes {sorted(bad)}; use {MESH_AXES}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError("--layer-decay must be in (0, 1]")
+        _check_augmentation(self)
 
     def model_overrides(self) -> dict[str, Any]:
         args = dict(self.model_args)
@@ -106,6 +117,55 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def _check_augmentation(cfg: TrainConfig) -> None:
+    from train.augment import check
+
+    check(cfg.aa, cfg.train_interpolation or "random", cfg.remode, cfg.reprob, cfg.recount)
+    if cfg.aug_repeats and cfg.aug_repeats < 1:
+        raise ValueError(f"--aug-repeats {cfg.aug_repeats} must be 0 (off) or >= 1")
+    if cfg.crop_pct is not None and not 0 < cfg.crop_pct <= 1:
+        raise ValueError(f"--crop-pct {cfg.crop_pct} not in (0, 1]")
+    for name in ("vflip", "hflip"):
+        v = getattr(cfg, name)
+        if v is not None and not 0 <= v <= 1:
+            raise ValueError(f"--{name} {v} not in [0, 1]")
+
+
+def _aug_flag(check):
+    """An argparse type that reports a value ``check`` refuses as a command-line error."""
+
+    def conv(text: str):
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return conv
+
+
+def _aa(text: str) -> str:
+    from train.augment import aa_transform
+
+    aa_transform(text)
+    return text
+
+
+def _among(*choices: str):
+    def conv(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} not in {choices}")
+        return text
+
+    return conv
+
+
+AUG_FLAGS = {
+    "aa": _aug_flag(_aa),
+    "remode": _aug_flag(_among("const", "rand", "pixel")),
+    "train_interpolation": _aug_flag(_among("random", "nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")),
+}
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -132,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description="Train a vitjax model (sharded, resumable).")
     p.add_argument("--config", help="YAML or JSON file setting any field by name; flags override it")
     kinds = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    special = {"mesh": parse_mesh, "scale": _pair, "ratio": _pair, "opt_betas": _pair}
+    special = {"mesh": parse_mesh, "scale": _pair, "ratio": _pair, "opt_betas": _pair, **AUG_FLAGS}
     for name, f in kinds.items():
         if name == "model_args":
             continue
