@@ -703,7 +703,7 @@ class TrainAugment:
     vflip: float = 0.0
     interpolation: str = "random"
     aa: str | None = None
-    color_jitter: tuple[float, ...] | None = (0.4, 0.4, 0.4)  # disabled when ``aa`` is set, as timm
+    color_jitter: tuple[float, ...] | None = (0.4, 0.4, 0.4)  # off with ``aa``, unless it is a '3a' one, as timm
     reprob: float = 0.0
     remode: str = "pixel"
     recount: int = 1
@@ -727,7 +727,7 @@ class TrainAugment:
             img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
         if self.policy is not None:
             img = self.policy(img, rng)
-        elif self.color_jitter and any(self.color_jitter):
+        if self.color_jitter and any(self.color_jitter) and (self.policy is None or "3a" in self.aa):
             img = color_jitter_apply(img, *color_jitter_draw(self.color_jitter, rng))
         arr = np.asarray(img, np.uint8)
         if self.reprob > 0:

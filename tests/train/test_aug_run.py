@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.train.common import TINY_FLAGS, losses
+from train import augment, data
 from train.__main__ import main
 from train.config import parse_args
 
@@ -25,6 +26,22 @@ def test_augmentation_flags_parse():
     assert (cfg.aa, cfg.reprob, cfg.remode, cfg.recount) == ("rand-m9-mstd0.5-inc1", 0.25, "rand", 2)
     assert (cfg.color_jitter, cfg.train_interpolation, cfg.scale, cfg.ratio) == (0.3, "bicubic", (0.2, 1), (0.5, 2))
     assert (cfg.hflip, cfg.vflip, cfg.aug_repeats, cfg.crop_pct) == (0.3, 0.1, 3, 0.9)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.4)
+    aug = data.train_augment(cfg, data.digits(32), 32, mean, std)
+    assert aug == augment.TrainAugment(
+        32, scale=(0.2, 1), ratio=(0.5, 2), hflip=0.3, vflip=0.1, interpolation="bicubic",
+        aa="rand-m9-mstd0.5-inc1", color_jitter=(0.3, 0.3, 0.3), reprob=0.25, remode="rand", recount=2,
+        mean=mean, std=std,
+    )  # fmt: skip
+    # the datasets' defaults where a flag is not given: timm's for ImageFolder, plain for digits
+    plain = parse_args(["--model", "vit_tiny_patch16_224", "--steps", "3"])
+    folder = data.Dataset(None, None, 2, False, (0.08, 1.0), 0.5)
+    a = data.train_augment(plain, folder, 32, mean, std)
+    assert (a.interpolation, a.color_jitter, a.hflip, a.scale, a.reprob, a.aa) == (
+        "random", (0.4, 0.4, 0.4), 0.5, (0.08, 1.0), 0.0, None,
+    )  # fmt: skip
+    d = data.train_augment(plain, data.digits(32), 32, mean, std)
+    assert (d.interpolation, d.color_jitter, d.hflip, d.scale) == ("bilinear", None, 0.0, (0.5, 1.0))
 
 
 @pytest.mark.parametrize(

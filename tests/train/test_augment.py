@@ -395,6 +395,12 @@ def test_train_augment_is_a_function_of_the_generator():
         outs.append(a)
     assert outs[0].shape == (SIZE, SIZE, 3) and outs[0].dtype == np.uint8
     assert len({o.tobytes() for o in outs}) == len(outs)
+    # colour jitter runs without --aa and after a '3a' policy, not after the others (timm's rule)
+    for aa, jittered in ((None, True), ("rand-m9-n2", False), ("3a", True), ("rand-m9-t3a", True)):
+        with_j, without = (A.TrainAugment(SIZE, aa=aa, color_jitter=cj) for cj in ((0.4, 0.4, 0.4), None))
+        differ = any(not np.array_equal(with_j(img, np.random.default_rng(s)), without(img, np.random.default_rng(s)))
+                     for s in range(3))  # fmt: skip
+        assert differ == jittered, aa
     with pytest.raises(ValueError, match="--remode"):
         A.TrainAugment(SIZE, remode="zero")
     with pytest.raises(ValueError, match="--aa"):
