@@ -76,7 +76,7 @@ def test_config_file_values_are_checked(tmp_path):
         parse_args(["--config", str(f)])
 
 
-def test_tiny_run_with_randaugment_erasing_and_repeats_resumes_exactly(tmp_path, capsys):
+def test_tiny_run_with_randaugment_erasing_and_repeats_resumes_exactly(tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(0)
     root = tmp_path / "folder"
     for split, n in (("train", 8), ("val", 2)):
@@ -90,10 +90,14 @@ def test_tiny_run_with_randaugment_erasing_and_repeats_resumes_exactly(tmp_path,
         "--model", "vit_tiny_patch16_224", *TINY_FLAGS, "--num-classes", "3", "--img-size", "32",
         "--data", str(root), "--batch-size", "8", "--steps", "4", "--ckpt-every", "2", "--log-every", "1",
         "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--aug-repeats", "3", "--no-progress",
-        "--fast-compile", "--eval-batch-size", "8",
+        "--fast-compile", "--eval-batch-size", "8", "--crop-pct", "0.8",
     ]  # fmt: skip
+    seen = []  # --crop-pct reaches the eval pipeline
+    real_eval = data.eval_batches
+    monkeypatch.setattr(data, "eval_batches", lambda *a, **kw: seen.append(kw["crop_pct"]) or real_eval(*a, **kw))
     wd = tmp_path / "run"
     assert main([*flags, "--workdir", str(wd)]) == 0
+    assert seen == [0.8]
     ref = losses(wd)
     assert sorted(ref) == [1, 2, 3, 4] and all(np.isfinite(v) for v in ref.values())
     # interrupted after step 2: drop the last checkpoint and its logged steps, then run again
