@@ -4,6 +4,9 @@ Flag names follow timm's ``train.py`` where it has one (``--opt``, ``--lr``, ``-
 becomes ``--warmup-steps`` here, ``--min-lr``, ``--clip-grad``, ``--layer-decay``, ``--model-ema-decay``,
 ``--smoothing`` is spelled ``--label-smoothing``, ``--mixup``, ``--cutmix``, ``--drop-path``). A config file
 (``--config run.yaml``) may set any field by its name; flags given on the command line win over the file.
+The augmentation flags are timm's (``--aa``, ``--reprob``, ``--remode``, ``--recount``, ``--color-jitter``,
+``--train-interpolation``, ``--hflip``, ``--vflip``, ``--aug-repeats``, ``--crop-pct``; see ``train.augment``),
+except that ``--scale`` / ``--ratio`` take a comma-separated pair (``--scale 0.08,1``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from train.augment import ERASE_MODES, INTERPOLATIONS, aa_transform
+from train.augment import check as check_augment
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Architecture overrides that may be given as flags; each is passed to ``vitjax.create_model``.
@@ -57,7 +63,7 @@ class TrainConfig:
     reprob: float = 0.0  # random erasing probability
     remode: Literal["const", "rand", "pixel"] = "pixel"
     recount: int = 1
-    color_jitter: float | None = None  # None: 0.4 (ImageFolder), 0 (digits); off when --aa is set
+    color_jitter: float | None = None  # None: 0.4 (ImageFolder), 0 (digits); off with --aa (but '3a'), as timm
     train_interpolation: Literal["random", "nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"] | None = None
     vflip: float = 0.0
     aug_repeats: float = 0  # repeated augmentation: each example this many times per epoch, over processes
@@ -120,9 +126,7 @@ class TrainConfig:
 
 
 def _check_augmentation(cfg: TrainConfig) -> None:
-    from train.augment import check
-
-    check(cfg.aa, cfg.train_interpolation or "random", cfg.remode, cfg.reprob, cfg.recount)
+    check_augment(cfg.aa, cfg.train_interpolation or "random", cfg.remode, cfg.reprob, cfg.recount)
     if cfg.aug_repeats and cfg.aug_repeats < 1:
         raise ValueError(f"--aug-repeats {cfg.aug_repeats} must be 0 (off) or >= 1")
     if cfg.crop_pct is not None and not 0 < cfg.crop_pct <= 1:
@@ -146,8 +150,6 @@ def _aug_flag(check):
 
 
 def _aa(text: str) -> str:
-    from train.augment import aa_transform
-
     aa_transform(text)
     return text
 
@@ -163,8 +165,8 @@ def _among(*choices: str):
 
 AUG_FLAGS = {
     "aa": _aug_flag(_aa),
-    "remode": _aug_flag(_among("const", "rand", "pixel")),
-    "train_interpolation": _aug_flag(_among("random", "nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")),
+    "remode": _aug_flag(_among(*ERASE_MODES)),
+    "train_interpolation": _aug_flag(_among(*INTERPOLATIONS)),
 }
 
 
