@@ -8,6 +8,9 @@ Flag names follow timm's ``train.py`` where it has one (``--opt``, ``--lr``, ``-
 warmup in updates. A config file (``--config run.yaml``) may set any field by its name; flags given on the
 command line win over the file. A value outside a field's choices is a command-line error, from a flag or
 from the file.
+The augmentation flags are timm's (``--aa``, ``--reprob``, ``--remode``, ``--recount``, ``--color-jitter``,
+``--train-interpolation``, ``--hflip``, ``--vflip``, ``--aug-repeats``, ``--crop-pct``; see ``train.augment``),
+except that ``--scale`` / ``--ratio`` take a comma-separated pair (``--scale 0.08,1``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from train.augment import ERASE_MODES, INTERPOLATIONS, aa_transform
+from train.augment import check as check_augment
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Architecture overrides that may be given as flags; each is passed to ``vitjax.create_model``.
@@ -59,6 +65,16 @@ class TrainConfig:
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     data_workers: int = 0  # grain read threads (0: read in the main thread)
+    # augmentation, timm's train.py flags (train.augment); None: the dataset's default
+    aa: str | None = None  # rand-m9-mstd0.5-inc1, original, v0, augmix-m3-w3, ...
+    reprob: float = 0.0  # random erasing probability
+    remode: Literal["const", "rand", "pixel"] = "pixel"
+    recount: int = 1
+    color_jitter: float | None = None  # None: 0.4 (ImageFolder), 0 (digits); off with --aa (but '3a'), as timm
+    train_interpolation: Literal["random", "nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"] | None = None
+    vflip: float = 0.0
+    aug_repeats: float = 0  # repeated augmentation: each example this many times per epoch, over processes
+    crop_pct: float | None = None  # eval centre-crop fraction; None: the model's
     # optimisation
     opt: Literal["adamw", "nadamw", "lamb", "sgd", "nesterov", "momentum", "lion"] = "adamw"
     lr: float = 1e-3
@@ -119,6 +135,7 @@ class TrainConfig:
             raise ValueError(f"unknown mesh axes {sorted(bad)}; use {MESH_AXES}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError("--layer-decay must be in (0, 1]")
+        _check_augmentation(self)
 
     def model_overrides(self) -> dict[str, Any]:
         args = dict(self.model_args)
@@ -137,6 +154,51 @@ def choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of every field typed ``Literal[...]``."""
     hints = get_type_hints(TrainConfig)
     return {name: get_args(t) for name, t in hints.items() if get_origin(t) is Literal}
+
+
+def _check_augmentation(cfg: TrainConfig) -> None:
+    check_augment(cfg.aa, cfg.train_interpolation or "random", cfg.remode, cfg.reprob, cfg.recount)
+    if cfg.aug_repeats and cfg.aug_repeats < 1:
+        raise ValueError(f"--aug-repeats {cfg.aug_repeats} must be 0 (off) or >= 1")
+    if cfg.crop_pct is not None and not 0 < cfg.crop_pct <= 1:
+        raise ValueError(f"--crop-pct {cfg.crop_pct} not in (0, 1]")
+    for name in ("vflip", "hflip"):
+        v = getattr(cfg, name)
+        if v is not None and not 0 <= v <= 1:
+            raise ValueError(f"--{name} {v} not in [0, 1]")
+
+
+def _aug_flag(check):
+    """An argparse type that reports a value ``check`` refuses as a command-line error."""
+
+    def conv(text: str):
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return conv
+
+
+def _aa(text: str) -> str:
+    aa_transform(text)
+    return text
+
+
+def _among(*choices: str):
+    def conv(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} not in {choices}")
+        return text
+
+    return conv
+
+
+AUG_FLAGS = {
+    "aa": _aug_flag(_aa),
+    "remode": _aug_flag(_among(*ERASE_MODES)),
+    "train_interpolation": _aug_flag(_among(*INTERPOLATIONS)),
+}
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -167,7 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description="Train a vitjax model (sharded, resumable).")
     p.add_argument("--config", help="YAML or JSON file setting any field by name; flags override it")
     kinds = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    special = {"mesh": parse_mesh, "scale": _pair, "ratio": _pair, "opt_betas": _pair, "decay_milestones": _floats}
+    special = {
+        "mesh": parse_mesh,
+        "scale": _pair,
+        "ratio": _pair,
+        "opt_betas": _pair,
+        "decay_milestones": _floats,
+        **AUG_FLAGS,
+    }
     allowed = choices()
     for name, f in kinds.items():
         if name == "model_args":

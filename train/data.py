@@ -1,20 +1,22 @@
 """Input pipelines on grain: the embedded ``digits`` set and ImageFolder trees, sharded by process.
 
 Order and augmentation are functions of the *global* example position: the training stream is the dataset
-shuffled anew each epoch (``seed``), augmented with a per-position RNG (grain ``random_map``), and cut into
+shuffled anew each epoch (``seed``), augmented with a generator seeded by ``(seed, position)``, and cut into
 global batches. Process ``p`` of ``P`` reads only rows ``[p * B/P, (p + 1) * B/P)`` of every global batch, so
 the global batch at step ``s`` holds the same examples whatever the number of processes, and element ``s`` of
 each process's batched dataset *is* step ``s``: the grain iterator state (saved with each checkpoint) is
-valid for any process count.
+valid for any process count (with ``aug_repeats``, for the same process count: see ``train_batches``).
 
 * ``digits``: scikit-learn's 1,797 handwritten 8x8 digits (shipped with scikit-learn), split 80/20 with a
   fixed stratified shuffle, grey levels scaled to uint8, upscaled (bilinear) to the model's input size, and
   repeated over 3 channels.
 * ImageFolder: ``root/train/<class>/*`` and ``root/val/<class>/*``; classes sorted by name, as torchvision.
 
-Train augmentation: random-resized crop (timm's ``RandomResizedCropAndInterpolation`` sampling rule: ten tries
-of area in ``scale`` and log-uniform aspect in ``ratio``, else a centre crop) and horizontal flip; mixup /
-cutmix / label smoothing happen on the device (``train.steps``). Eval: digits as they are; ImageFolder images
+Train augmentation: timm's train transform (``train.augment.TrainAugment``: random-resized crop, flips,
+RandAugment / AutoAugment / AugMix or colour jitter, random erasing), drawn from a generator seeded by the run's
+seed and the example's position in the stream, so a resumed run sees the same pixels. ``aug_repeats``: timm's
+repeated-augmentation sampler (``train.sampler``) with one rank per process. Mixup / cutmix / label smoothing
+happen on the device (``train.steps``). Eval: digits as they are; ImageFolder images
 resized to ``img_size / crop_pct`` on the short side and centre-cropped, as timm's eval transform, with the
 model's ``crop_pct`` / interpolation / mean / std from ``vitjax.data.resolve_model_data_config``. Images leave
 the pipeline as uint8 NHWC; normalisation happens on the device.
@@ -32,6 +34,10 @@ import grain
 import numpy as np
 from PIL import Image
 
+from train.augment import TrainAugment, crop_box
+from train.sampler import RepeatAugStream
+
+__all__ = ["crop_box"]  # re-exported: the random-resized-crop rule lives in train.augment
 _EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 
 
@@ -61,6 +67,8 @@ class Dataset:
     resized: bool  # images are stored at the model's input size already (digits)
     default_scale: tuple[float, float]
     default_hflip: float
+    default_interpolation: str = "random"  # timm's train default
+    default_color_jitter: float = 0.4  # timm's default (used when no --aa is given)
 
 
 @functools.cache
@@ -81,6 +89,8 @@ def digits(img_size: int) -> Dataset:
         resized=True,
         default_scale=(0.5, 1.0),
         default_hflip=0.0,
+        default_interpolation="bilinear",
+        default_color_jitter=0.0,
     )
 
 
@@ -106,43 +116,25 @@ def load_dataset(spec: str, img_size: int) -> Dataset:
     return digits(img_size) if spec == "digits" else image_folder(spec)
 
 
-def crop_box(
-    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
-) -> tuple[int, int, int, int]:
-    """A random-resized-crop box ``(left, top, right, bottom)``."""
-    area = width * height
-    log_r = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_r))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return left, top, left + w, top + h
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    top, left = (height - h) // 2, (width - w) // 2
-    return left, top, left + w, top + h
-
-
-def train_transform(ds: Split, img_size: int, scale, ratio, hflip: float):
-    def fn(i: int, rng: np.random.Generator) -> dict:
-        im = ds.load(i)
-        box = crop_box(im.width, im.height, scale, ratio, rng)
-        im = im.resize((img_size, img_size), Image.BILINEAR, box=box)
-        arr = np.asarray(im, np.uint8)
-        if rng.uniform() < hflip:
-            arr = arr[:, ::-1]
-        return {"image": np.ascontiguousarray(arr), "label": np.int32(ds.labels[i])}
-
-    return fn
+def train_augment(cfg, data: Dataset, img_size: int, mean, std) -> TrainAugment:
+    """The train transform of a ``TrainConfig`` (its augmentation flags; ``None`` fields take the dataset's
+    defaults), normalising with the model's ``mean`` / ``std``."""
+    jitter = data.default_color_jitter if cfg.color_jitter is None else cfg.color_jitter
+    return TrainAugment(
+        img_size,
+        scale=tuple(cfg.scale or data.default_scale),
+        ratio=tuple(cfg.ratio),
+        hflip=data.default_hflip if cfg.hflip is None else cfg.hflip,
+        vflip=cfg.vflip,
+        interpolation=cfg.train_interpolation or data.default_interpolation,
+        aa=cfg.aa,
+        color_jitter=(jitter,) * 3 if jitter else None,
+        reprob=cfg.reprob,
+        remode=cfg.remode,
+        recount=cfg.recount,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
 
 
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -187,21 +179,57 @@ def train_batches(
     global_batch: int,
     steps: int,
     seed: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    hflip: float,
+    augment: TrainAugment | None = None,
+    aug_repeats: float = 0,
+    scale: tuple[float, float] | None = None,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: float | None = None,
     process_index: int = 0,
     process_count: int = 1,
     workers: int = 0,
 ) -> grain.IterDataset:
-    """This process's share of the global training batches for steps ``0 .. steps - 1``."""
-    n = len(data.train)
-    epochs = math.ceil(steps * global_batch / n) + 1
-    order = grain.MapDataset.range(n).shuffle(seed=seed).repeat(epochs)
-    stream = order.random_map(
-        lambda i, rng: train_transform(data.train, img_size, scale, ratio, hflip)(i, rng), seed=seed
-    )
-    batches = _local_view(steps, global_batch, process_index, process_count, lambda g: stream[g])
+    """This process's share of the global training batches for steps ``0 .. steps - 1``.
+
+    ``augment``: the train transform; without it, a random-resized crop (``scale``, ``ratio``, the dataset's
+    interpolation) and horizontal flip (``hflip``) only. Without ``aug_repeats``, the stream is the dataset
+    shuffled anew each epoch and the global batch at a step is the same for any process count. With it, each
+    process is a rank of timm's ``RepeatAugSampler``: its rows are its rank's list, so a global batch holds
+    the copies of each example on different processes (its row order, like timm's, depends on the count)."""
+    if augment is None:
+        augment = TrainAugment(
+            img_size,
+            scale=tuple(scale or data.default_scale),
+            ratio=tuple(ratio),
+            hflip=data.default_hflip if hflip is None else hflip,
+            interpolation=data.default_interpolation,
+            color_jitter=None,
+        )
+    if augment.img_size != img_size:
+        raise ValueError(f"the train transform makes {augment.img_size} px images, the model takes {img_size}")
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    split, b = data.train, global_batch // process_count
+
+    def example(index: int, key: int) -> dict:
+        rng = np.random.default_rng((seed, 1, key))  # the example's own draws: a function of seed and position
+        return {"image": augment(split.load(index), rng), "label": np.int32(split.labels[index])}
+
+    if aug_repeats:
+        stream = RepeatAugStream(len(split), aug_repeats, process_count, seed)
+
+        def local(t: int) -> dict:
+            return example(stream.index(process_index, t), stream.key(process_index, t))
+
+    else:
+        epochs = math.ceil(steps * global_batch / len(split)) + 1
+        order = grain.MapDataset.range(len(split)).shuffle(seed=seed).repeat(epochs)
+
+        def local(t: int) -> dict:
+            step, k = divmod(t, b)
+            g = step * global_batch + process_index * b + k
+            return example(order[g], g)
+
+    batches = grain.MapDataset.range(steps * b).map(local).batch(b, drop_remainder=True)
     opts = grain.ReadOptions(num_threads=max(workers, 1), prefetch_buffer_size=max(2 * workers, 1))
     return batches.to_iter_dataset(opts)
 

@@ -198,8 +198,6 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             f"{total} steps of {cfg.batch_size} ({cfg.precision}, {cfg.opt})"
         )
 
-    scale = cfg.scale or data.default_scale
-    hflip = data.default_hflip if cfg.hflip is None else cfg.hflip
     train_iter = iter(
         data_lib.train_batches(
             data,
@@ -207,9 +205,8 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             global_batch=cfg.batch_size,
             steps=total,
             seed=cfg.seed,
-            scale=scale,
-            ratio=cfg.ratio,
-            hflip=hflip,
+            augment=data_lib.train_augment(cfg, data, img_size, plan.mean, plan.std),
+            aug_repeats=cfg.aug_repeats,
             process_index=pid,
             process_count=nproc,
             workers=cfg.data_workers,
@@ -247,7 +244,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         global_batch=cfg.eval_batch_size or cfg.batch_size,
         process_index=pid,
         process_count=nproc,
-        crop_pct=plan.data_cfg["crop_pct"],
+        crop_pct=cfg.crop_pct or plan.data_cfg["crop_pct"],
         interpolation=plan.data_cfg["interpolation"],
     )
 
