@@ -69,11 +69,14 @@ def test_out_of_range_augmentation_values_are_refused(flags, message):
         parse_args(["--model", "vit_tiny_patch16_224", "--steps", "3", *flags])
 
 
-def test_config_file_values_are_checked(tmp_path):
+def test_config_file_values_are_checked(tmp_path, capsys):
     f = tmp_path / "run.yaml"
     f.write_text("model: vit_tiny_patch16_224\nsteps: 3\nremode: zero\n")
-    with pytest.raises(ValueError, match="--remode"):
+    with pytest.raises(SystemExit) as e:
         parse_args(["--config", str(f)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "run.yaml" in err and "remode" in err and "zero" in err
 
 
 def test_tiny_run_with_randaugment_erasing_and_repeats_resumes_exactly(tmp_path, capsys, monkeypatch):
