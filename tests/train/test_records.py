@@ -230,3 +230,15 @@ def test_packer_flags_and_no_overwrite(tmp_path, capsys):
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not [p for p in out.rglob("*") if "partial" in p.name or "tmp" in p.name]
+
+
+def test_interrupted_pack_leaves_no_dataset_and_no_partial_shard(tmp_path):
+    src = _folder(tmp_path / "folder", n_train=2, n_val=1)
+    folder = data.image_folder(src)
+    train = [(p, Path(p).name, int(c)) for p, c in zip(folder.train.images, folder.train.labels, strict=True)]
+    train[4] = (str(src / "train" / "gone.jpg"), "gone.jpg", 2)  # the third of three shards fails half-way
+    out = tmp_path / "packed"
+    with pytest.raises(FileNotFoundError, match="gone.jpg"):
+        records.pack(out, {"train": train}, CLASSES, fmt="tar", shards=3, progress=False)
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["train-00000-of-00003.tar", "train-00001-of-00003.tar"]
+    assert not records.is_packed(out) and not (out / records.META).exists()
