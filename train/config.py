@@ -65,6 +65,7 @@ class TrainConfig:
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     data_workers: int = 0  # grain read threads (0: read in the main thread)
+    skip_bad_images: bool = False  # count and skip unreadable images (train.data.BadImages) instead of stopping
     # augmentation, timm's train.py flags (train.augment); None: the dataset's default
     aa: str | None = None  # rand-m9-mstd0.5-inc1, original, v0, augmix-m3-w3, ...
     reprob: float = 0.0  # random erasing probability

@@ -32,6 +32,7 @@ import argparse
 import functools
 import math
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,15 +160,64 @@ def train_augment(cfg, data: Dataset, img_size: int, mean, std) -> TrainAugment:
     )
 
 
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError)  # what PIL and train.records raise for a bad image
+
+
+class BadImages:
+    """The unreadable images met under ``--skip-bad-images``. A training example whose image cannot be read is
+    replaced by the next readable example of its split (image and label; a function of the position, so runs
+    and resumes stay exact); an eval example is left out (``valid`` 0). Each file is named on stderr the first
+    time; ``count`` counts every replacement."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.count = 0
+        self.errors: dict[str, str] = {}  # file (or example) -> its first error
+
+    def record(self, split, i: int, error: Exception) -> None:
+        if isinstance(split, records.PackedSplit):
+            shard, j = split.locate(i)
+            name = f"{shard.path} record {j}"
+        else:
+            item = split.images[i]
+            name = item if isinstance(item, str) else f"example {i}"
+        with self._lock:
+            self.count += 1
+            if name in self.errors:
+                return
+            self.errors[name] = f"{type(error).__name__}: {error}"
+        print(f"[data] skipping unreadable image {name} ({self.errors[name]})", file=sys.stderr, flush=True)
+
+
+def _load(split, i: int, bad: BadImages | None) -> tuple[Image.Image, int]:
+    """Example ``i``'s image and the index it came from: ``i``, or under ``bad`` the next readable one."""
+    if bad is None:
+        return split.load(i), i
+    for k in range(len(split)):
+        j = (i + k) % len(split)
+        try:
+            return split.load(j), j
+        except _UNREADABLE as e:
+            bad.record(split, j, e)
+    raise ValueError(f"--skip-bad-images: none of the {len(split)} images of the split is readable")
+
+
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
 def eval_image(
-    ds: Split, i: int, img_size: int, resized: bool, crop_pct: float = 0.875, interpolation: str = "bicubic"
+    ds: Split,
+    i: int,
+    img_size: int,
+    resized: bool,
+    crop_pct: float = 0.875,
+    interpolation: str = "bicubic",
+    image: Image.Image | None = None,
 ) -> np.ndarray:
     """timm's ``center`` eval transform up to normalisation (which happens on the device): the shorter side
-    resized to ``floor(img_size / crop_pct)`` keeping the aspect ratio, then a centre crop."""
-    im = ds.load(i)
+    resized to ``floor(img_size / crop_pct)`` keeping the aspect ratio, then a centre crop (of ``image`` when
+    given, else of example ``i`` of ``ds``)."""
+    im = ds.load(i) if image is None else image
     if not resized:
         short = int(math.floor(img_size / crop_pct))
         w, h = im.size
@@ -209,6 +259,7 @@ def train_batches(
     process_index: int = 0,
     process_count: int = 1,
     workers: int = 0,
+    bad_images: BadImages | None = None,
 ) -> grain.IterDataset:
     """This process's share of the global training batches for steps ``0 .. steps - 1``.
 
@@ -216,7 +267,8 @@ def train_batches(
     interpolation) and horizontal flip (``hflip``) only. Without ``aug_repeats``, the stream is the dataset
     shuffled anew each epoch and the global batch at a step is the same for any process count. With it, each
     process is a rank of timm's ``RepeatAugSampler``: its rows are its rank's list, so a global batch holds
-    the copies of each example on different processes (its row order, like timm's, depends on the count)."""
+    the copies of each example on different processes (its row order, like timm's, depends on the count).
+    ``bad_images``: skip and count unreadable images (``BadImages``) instead of stopping at the first."""
     if augment is None:
         augment = TrainAugment(
             img_size,
@@ -234,7 +286,8 @@ def train_batches(
 
     def example(index: int, key: int) -> dict:
         rng = np.random.default_rng((seed, 1, key))  # the example's own draws: a function of seed and position
-        return {"image": augment(split.load(index), rng), "label": np.int32(split.labels[index])}
+        image, index = _load(split, index, bad_images)
+        return {"image": augment(image, rng), "label": np.int32(split.labels[index])}
 
     if aug_repeats:
         stream = RepeatAugStream(len(split), aug_repeats, process_count, seed)
@@ -265,15 +318,25 @@ def eval_batches(
     process_count: int = 1,
     crop_pct: float = 0.875,
     interpolation: str = "bicubic",
+    bad_images: BadImages | None = None,
 ) -> grain.MapDataset:
-    """This process's share of the validation set in global batches; the last batch is padded (``valid`` 0)."""
+    """This process's share of the validation set in global batches; the last batch is padded (``valid`` 0), as
+    is an unreadable image under ``bad_images``."""
     n = len(data.val)
     blank = np.zeros((img_size, img_size, 3), np.uint8)
 
     def fetch(g: int) -> dict:
         if g >= n:
             return {"image": blank, "label": np.int32(0), "valid": np.int32(0)}
-        img = eval_image(data.val, g, img_size, data.resized, crop_pct, interpolation)
+        if bad_images is not None:
+            try:
+                image = data.val.load(g)
+            except _UNREADABLE as e:
+                bad_images.record(data.val, g, e)
+                return {"image": blank, "label": np.int32(0), "valid": np.int32(0)}
+        else:
+            image = None
+        img = eval_image(data.val, g, img_size, data.resized, crop_pct, interpolation, image)
         return {"image": img, "label": np.int32(data.val.labels[g]), "valid": np.int32(1)}
 
     return _local_view(math.ceil(n / global_batch), global_batch, process_index, process_count, fetch)

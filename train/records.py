@@ -163,14 +163,14 @@ class PackedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _locate(self, i: int) -> tuple[object, int]:
+    def locate(self, i: int) -> tuple[object, int]:
         if not 0 <= i < len(self):
             raise IndexError(f"example {i} of a split of {len(self)}")
         k = bisect.bisect_right(self._starts, i) - 1
         return self.shards[k], i - self._starts[k]
 
     def read(self, i: int) -> bytes:
-        shard, j = self._locate(i)
+        shard, j = self.locate(i)
         label, name, data = shard.read(j)
         if label != self.labels[i]:
             raise ShardError(f"{shard.path}: record {j} ({name}) has label {label}, {META} says {self.labels[i]}")
@@ -182,7 +182,7 @@ class PackedSplit:
             with Image.open(io.BytesIO(data)) as im:
                 return im.convert("RGB")
         except Exception as e:
-            shard, j = self._locate(i)
+            shard, j = self.locate(i)
             raise ShardError(f"{shard.path}: record {j} is not a readable image ({type(e).__name__}: {e})") from e
 
 

@@ -242,3 +242,47 @@ def test_interrupted_pack_leaves_no_dataset_and_no_partial_shard(tmp_path):
         records.pack(out, {"train": train}, CLASSES, fmt="tar", shards=3, progress=False)
     assert sorted(p.name for p in (out / "train").iterdir()) == ["train-00000-of-00003.tar", "train-00001-of-00003.tar"]
     assert not records.is_packed(out) and not (out / records.META).exists()
+
+
+def _bad_folder(root: Path) -> tuple[Path, Path, Path]:
+    src = _folder(root, n_train=3, n_val=2)
+    bad_train, bad_val = src / "train" / "bee" / "02.jpg", src / "val" / "ant" / "01.jpg"
+    for f in (bad_train, bad_val):
+        f.write_bytes(f.read_bytes()[:40])  # truncated inside the JPEG header: PIL cannot open it
+    return src, bad_train, bad_val
+
+
+@pytest.mark.parametrize("fmt", [None, *FORMATS])
+def test_skip_bad_images_replaces_and_counts(fmt, tmp_path, capsys):
+    src, bad_train, bad_val = _bad_folder(tmp_path / "folder")
+    root = src if fmt is None else _pack(src, tmp_path / "packed", fmt, shards=2)
+    d = data.load_dataset(str(root), 32)
+    kw = dict(img_size=32, global_batch=9, steps=2, seed=0)  # 9 train examples: each read twice
+    with pytest.raises((OSError, ValueError)):  # the default: the first unreadable image stops the pipeline
+        list(data.train_batches(d, **kw))
+    runs = []
+    for _ in range(2):
+        bad = data.BadImages()
+        runs.append(list(data.train_batches(d, bad_images=bad, **kw)))
+        assert bad.count == 2 and len(bad.errors) == 1
+    shard = None if fmt is None else root / "train" / f"train-00001-of-00002{records._SUFFIX[fmt]}"
+    name = str(bad_train) if fmt is None else f"{shard} record 1"  # 9 examples: shard 1 holds 4..8
+    assert list(bad.errors) == [name] and name in capsys.readouterr().err
+    for a, b in zip(*runs, strict=True):  # the replacement is a function of the position: the same every run
+        assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
+    labels = np.concatenate([b["label"] for b in runs[0]])
+    assert np.bincount(labels, minlength=3).tolist() == [6, 4, 8]  # bee/02 replaced by the next example, cat/00
+    ev = list(data.eval_batches(d, img_size=32, global_batch=6, bad_images=bad))
+    assert ev[0]["valid"].tolist() == [1, 0, 1, 1, 1, 1] and bad.count == 3
+
+
+def test_skip_bad_images_flag_runs_to_the_end(tmp_path, capsys):
+    src, bad_train, _ = _bad_folder(tmp_path / "folder")
+    flags = [
+        "--model", "vit_tiny_patch16_224", *TINY_FLAGS, "--num-classes", "3", "--img-size", "32",
+        "--data", str(src), "--batch-size", "8", "--steps", "2", "--log-every", "1", "--no-progress", "--fast-compile",
+    ]  # fmt: skip
+    assert train_main([*flags, "--workdir", str(tmp_path / "skips"), "--skip-bad-images"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping unreadable image {bad_train}" in err and "unreadable images" in err.splitlines()[-1]
+    assert sorted(losses(tmp_path / "skips")) == [1, 2]
