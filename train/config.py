@@ -50,7 +50,7 @@ class TrainConfig:
     img_size: int | None = None  # None: the model's default
     model_args: dict[str, Any] = field(default_factory=dict)  # overrides for vitjax.create_model
     # data
-    data: str = "digits"  # 'digits' or an ImageFolder root with train/ and val/
+    data: str = "digits"  # 'digits', an ImageFolder root with train/ and val/, or a packed dir (train.records)
     workdir: str = "runs/default"
     batch_size: int = 64  # global, over all processes and devices
     eval_batch_size: int | None = None  # None: batch_size

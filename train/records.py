@@ -307,6 +307,6 @@ def pack(
         bar.close()
         meta["splits"][split] = entries
     tmp_meta = out / f".{META}.partial"
-    tmp_meta.write_text(json.dumps(meta, indent=1))
+    tmp_meta.write_text(json.dumps(meta))
     tmp_meta.rename(out / META)
     return meta
