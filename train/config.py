@@ -50,7 +50,7 @@ class TrainConfig:
     img_size: int | None = None  # None: the model's default
     model_args: dict[str, Any] = field(default_factory=dict)  # overrides for vitjax.create_model
     # data
-    data: str = "digits"  # 'digits' or an ImageFolder root with train/ and val/
+    data: str = "digits"  # 'digits', an ImageFolder root with train/ and val/, or a packed dir (train.records)
     workdir: str = "runs/default"
     batch_size: int = 64  # global, over all processes and devices
     eval_batch_size: int | None = None  # None: batch_size
@@ -65,6 +65,7 @@ class TrainConfig:
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     data_workers: int = 0  # grain read threads (0: read in the main thread)
+    skip_bad_images: bool = False  # count and skip unreadable images (train.data.BadImages) instead of stopping
     # augmentation, timm's train.py flags (train.augment); None: the dataset's default
     aa: str | None = None  # rand-m9-mstd0.5-inc1, original, v0, augmix-m3-w3, ...
     reprob: float = 0.0  # random erasing probability

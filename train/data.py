@@ -10,7 +10,11 @@ valid for any process count (with ``aug_repeats``, for the same process count: s
 * ``digits``: scikit-learn's 1,797 handwritten 8x8 digits (shipped with scikit-learn), split 80/20 with a
   fixed stratified shuffle, grey levels scaled to uint8, upscaled (bilinear) to the model's input size, and
   repeated over 3 channels.
-* ImageFolder: ``root/train/<class>/*`` and ``root/val/<class>/*``; classes sorted by name, as torchvision.
+* ImageFolder: ``root/train/<class>/*`` and ``root/val/<class>/*``; classes sorted by name, as torchvision. An
+  empty class folder, or a val class folder that train lacks, is an error naming it.
+* A packed directory (``train.records``: ArrayRecord or webdataset tar shards and their ``dataset.json``), written
+  from an ImageFolder by ``python -m train.data pack --src IMAGEFOLDER --out DIR --format arrayrecord|tar
+  --shards N``; it yields the examples of that ImageFolder, in its order, and is checked when opened.
 
 Train augmentation: timm's train transform (``train.augment.TrainAugment``: random-resized crop, flips,
 RandAugment / AutoAugment / AugMix or colour jitter, random erasing), drawn from a generator seeded by the run's
@@ -24,8 +28,11 @@ the pipeline as uint8 NHWC; normalisation happens on the device.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
+import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +41,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from train import records
 from train.augment import TrainAugment, crop_box
 from train.sampler import RepeatAugStream
 
@@ -61,14 +69,15 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    train: Split
-    val: Split
+    train: Split | records.PackedSplit
+    val: Split | records.PackedSplit
     num_classes: int
     resized: bool  # images are stored at the model's input size already (digits)
     default_scale: tuple[float, float]
     default_hflip: float
     default_interpolation: str = "random"  # timm's train default
     default_color_jitter: float = 0.4  # timm's default (used when no --aa is given)
+    classes: tuple[str, ...] = ()  # class names by label, where the source has them
 
 
 @functools.cache
@@ -100,20 +109,34 @@ def image_folder(root: str | Path) -> Dataset:
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"{root}/train has no class folders")
+    extra = sorted({p.name for p in (root / "val").glob("*") if p.is_dir()} - set(classes))
+    if extra:
+        raise ValueError(f"{root}/val has class folders that {root}/train lacks: {', '.join(extra)}")
     for split in ("train", "val"):
         paths, labels = [], []
         for c, name in enumerate(classes):
-            files = sorted(f for f in (root / split / name).glob("*") if f.suffix.lower() in _EXTS)
+            folder = root / split / name
+            files = sorted(f for f in folder.glob("*") if f.suffix.lower() in _EXTS)
+            if folder.is_dir() and not files:
+                raise ValueError(f"{folder} is an empty class folder (no {'/'.join(sorted(_EXTS))} files)")
             paths += [str(f) for f in files]
             labels += [c] * len(files)
         if not paths:
             raise ValueError(f"{root}/{split} has no images")
         splits[split] = Split(paths, np.asarray(labels, np.int32))
-    return Dataset(splits["train"], splits["val"], len(classes), False, (0.08, 1.0), 0.5)
+    return Dataset(splits["train"], splits["val"], len(classes), False, (0.08, 1.0), 0.5, classes=tuple(classes))
+
+
+def packed(root: str) -> Dataset:
+    """A directory written by ``pack``: its shards opened and checked (``train.records.open_packed``)."""
+    classes, splits = records.open_packed(root)
+    return Dataset(splits["train"], splits["val"], len(classes), False, (0.08, 1.0), 0.5, classes=tuple(classes))
 
 
 def load_dataset(spec: str, img_size: int) -> Dataset:
-    return digits(img_size) if spec == "digits" else image_folder(spec)
+    if spec == "digits":
+        return digits(img_size)
+    return packed(spec) if records.is_packed(spec) else image_folder(spec)
 
 
 def train_augment(cfg, data: Dataset, img_size: int, mean, std) -> TrainAugment:
@@ -137,15 +160,64 @@ def train_augment(cfg, data: Dataset, img_size: int, mean, std) -> TrainAugment:
     )
 
 
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError)  # what PIL and train.records raise for a bad image
+
+
+class BadImages:
+    """The unreadable images met under ``--skip-bad-images``. A training example whose image cannot be read is
+    replaced by the next readable example of its split (image and label; a function of the position, so runs
+    and resumes stay exact); an eval example is left out (``valid`` 0). Each file is named on stderr the first
+    time; ``count`` counts every replacement."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.count = 0
+        self.errors: dict[str, str] = {}  # file (or example) -> its first error
+
+    def record(self, split, i: int, error: Exception) -> None:
+        if isinstance(split, records.PackedSplit):
+            shard, j = split.locate(i)
+            name = f"{shard.path} record {j}"
+        else:
+            item = split.images[i]
+            name = item if isinstance(item, str) else f"example {i}"
+        with self._lock:
+            self.count += 1
+            if name in self.errors:
+                return
+            self.errors[name] = f"{type(error).__name__}: {error}"
+        print(f"[data] skipping unreadable image {name} ({self.errors[name]})", file=sys.stderr, flush=True)
+
+
+def _load(split, i: int, bad: BadImages | None) -> tuple[Image.Image, int]:
+    """Example ``i``'s image and the index it came from: ``i``, or under ``bad`` the next readable one."""
+    if bad is None:
+        return split.load(i), i
+    for k in range(len(split)):
+        j = (i + k) % len(split)
+        try:
+            return split.load(j), j
+        except _UNREADABLE as e:
+            bad.record(split, j, e)
+    raise ValueError(f"--skip-bad-images: none of the {len(split)} images of the split is readable")
+
+
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
 def eval_image(
-    ds: Split, i: int, img_size: int, resized: bool, crop_pct: float = 0.875, interpolation: str = "bicubic"
+    ds: Split,
+    i: int,
+    img_size: int,
+    resized: bool,
+    crop_pct: float = 0.875,
+    interpolation: str = "bicubic",
+    image: Image.Image | None = None,
 ) -> np.ndarray:
     """timm's ``center`` eval transform up to normalisation (which happens on the device): the shorter side
-    resized to ``floor(img_size / crop_pct)`` keeping the aspect ratio, then a centre crop."""
-    im = ds.load(i)
+    resized to ``floor(img_size / crop_pct)`` keeping the aspect ratio, then a centre crop (of ``image`` when
+    given, else of example ``i`` of ``ds``)."""
+    im = ds.load(i) if image is None else image
     if not resized:
         short = int(math.floor(img_size / crop_pct))
         w, h = im.size
@@ -187,6 +259,7 @@ def train_batches(
     process_index: int = 0,
     process_count: int = 1,
     workers: int = 0,
+    bad_images: BadImages | None = None,
 ) -> grain.IterDataset:
     """This process's share of the global training batches for steps ``0 .. steps - 1``.
 
@@ -194,7 +267,8 @@ def train_batches(
     interpolation) and horizontal flip (``hflip``) only. Without ``aug_repeats``, the stream is the dataset
     shuffled anew each epoch and the global batch at a step is the same for any process count. With it, each
     process is a rank of timm's ``RepeatAugSampler``: its rows are its rank's list, so a global batch holds
-    the copies of each example on different processes (its row order, like timm's, depends on the count)."""
+    the copies of each example on different processes (its row order, like timm's, depends on the count).
+    ``bad_images``: skip and count unreadable images (``BadImages``) instead of stopping at the first."""
     if augment is None:
         augment = TrainAugment(
             img_size,
@@ -212,7 +286,8 @@ def train_batches(
 
     def example(index: int, key: int) -> dict:
         rng = np.random.default_rng((seed, 1, key))  # the example's own draws: a function of seed and position
-        return {"image": augment(split.load(index), rng), "label": np.int32(split.labels[index])}
+        image, index = _load(split, index, bad_images)
+        return {"image": augment(image, rng), "label": np.int32(split.labels[index])}
 
     if aug_repeats:
         stream = RepeatAugStream(len(split), aug_repeats, process_count, seed)
@@ -243,15 +318,65 @@ def eval_batches(
     process_count: int = 1,
     crop_pct: float = 0.875,
     interpolation: str = "bicubic",
+    bad_images: BadImages | None = None,
 ) -> grain.MapDataset:
-    """This process's share of the validation set in global batches; the last batch is padded (``valid`` 0)."""
+    """This process's share of the validation set in global batches; the last batch is padded (``valid`` 0), as
+    is an unreadable image under ``bad_images``."""
     n = len(data.val)
     blank = np.zeros((img_size, img_size, 3), np.uint8)
 
     def fetch(g: int) -> dict:
         if g >= n:
             return {"image": blank, "label": np.int32(0), "valid": np.int32(0)}
-        img = eval_image(data.val, g, img_size, data.resized, crop_pct, interpolation)
+        if bad_images is not None:
+            try:
+                image = data.val.load(g)
+            except _UNREADABLE as e:
+                bad_images.record(data.val, g, e)
+                return {"image": blank, "label": np.int32(0), "valid": np.int32(0)}
+        else:
+            image = None
+        img = eval_image(data.val, g, img_size, data.resized, crop_pct, interpolation, image)
         return {"image": img, "label": np.int32(data.val.labels[g]), "valid": np.int32(1)}
 
     return _local_view(math.ceil(n / global_batch), global_batch, process_index, process_count, fetch)
+
+
+def _shards(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--shards must be at least 1, got {n}")
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m train.data pack --src IMAGEFOLDER --out DIR --format arrayrecord|tar --shards N``."""
+    parser = argparse.ArgumentParser(prog="python -m train.data", description="Dataset tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="write an ImageFolder's train/ and val/ splits as shards (train.records)")
+    p.add_argument("--src", required=True, help="ImageFolder root with train/<class>/ and val/<class>/")
+    p.add_argument("--out", required=True, help="new directory (local or gs://) for the shards and dataset.json")
+    p.add_argument("--format", required=True, choices=records.FORMATS)
+    p.add_argument("--shards", type=_shards, required=True, help="shards per split (fewer if a split is smaller)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = parser.parse_args(argv)
+    try:
+        folder = image_folder(args.src)
+    except (OSError, ValueError) as e:
+        parser.error(f"--src: {e}")
+    splits = {}
+    for name, split in (("train", folder.train), ("val", folder.val)):
+        base = Path(args.src) / name
+        splits[name] = [
+            (p, Path(p).relative_to(base).as_posix(), int(c)) for p, c in zip(split.images, split.labels, strict=True)
+        ]
+    if records.is_packed(args.out):
+        parser.error(f"--out {args.out} already holds a packed dataset ({records.META}); choose a new directory")
+    meta = records.pack(args.out, splits, folder.classes, fmt=args.format, shards=args.shards, progress=args.progress)
+    counts = ", ".join(f"{k}: {sum(e['count'] for e in v)} in {len(v)} shards" for k, v in meta["splits"].items())
+    print(f"[pack] {args.out}: {args.format}, {len(folder.classes)} classes; {counts}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -198,6 +198,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             f"{total} steps of {cfg.batch_size} ({cfg.precision}, {cfg.opt})"
         )
 
+    bad_images = data_lib.BadImages() if cfg.skip_bad_images else None
     train_iter = iter(
         data_lib.train_batches(
             data,
@@ -210,6 +211,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             process_index=pid,
             process_count=nproc,
             workers=cfg.data_workers,
+            bad_images=bad_images,
         )
     )
     if data_state is not None:
@@ -246,6 +248,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         process_count=nproc,
         crop_pct=cfg.crop_pct or plan.data_cfg["crop_pct"],
         interpolation=plan.data_cfg["interpolation"],
+        bad_images=bad_images,
     )
 
     def evaluate(state) -> dict[str, float]:
@@ -338,6 +341,8 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             best.close()
         signals.restore()
         writer.close()
+    if bad_images is not None and bad_images.count:
+        log(f"[data] skipped {bad_images.count} reads of {len(bad_images.errors)} unreadable images")
     if main and not result.preempted:
         plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
     result.state, result.steps_done = st, step
