@@ -215,7 +215,7 @@ def train_batches(
         return {"image": augment(split.load(index), rng), "label": np.int32(split.labels[index])}
 
     if aug_repeats:
-        stream = RepeatAugStream(len(split), aug_repeats, process_count, seed)
+        stream = RepeatAugStream(len(split), aug_repeats, process_count, seed, batch=b)
 
         def local(t: int) -> dict:
             return example(stream.index(process_index, t), stream.key(process_index, t))
