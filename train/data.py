@@ -290,7 +290,7 @@ def train_batches(
         return {"image": augment(image, rng), "label": np.int32(split.labels[index])}
 
     if aug_repeats:
-        stream = RepeatAugStream(len(split), aug_repeats, process_count, seed)
+        stream = RepeatAugStream(len(split), aug_repeats, process_count, seed, batch=b)
 
         def local(t: int) -> dict:
             return example(stream.index(process_index, t), stream.key(process_index, t))

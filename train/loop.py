@@ -158,8 +158,8 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
 
     img_size = resolve_img_size(cfg)
     data = data_lib.load_dataset(cfg.data, img_size)
-    total = schedule_lib.total_steps(cfg, len(data.train))
-    upe = schedule_lib.updates_per_epoch(cfg, len(data.train))
+    total = schedule_lib.total_steps(cfg, len(data.train), nproc)
+    upe = schedule_lib.updates_per_epoch(cfg, len(data.train), nproc)
     overrides = _overrides(cfg, data.num_classes)
     overrides["img_size"] = img_size
     plan = make_plan(

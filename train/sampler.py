@@ -43,16 +43,31 @@ def rank_indices(perm: np.ndarray, num_repeats: float, num_replicas: int, select
     return repeated[positions % len(repeated)]
 
 
+def batches_per_epoch(n: int, num_repeats: float, num_replicas: int, batch: int) -> int:
+    """The full batches of ``batch`` (per rank) in a rank's epoch: timm's drop-last loader over the sampler,
+    ``len(loader) = num_selected // batch``. An epoch is what the sampler selects, not ``len(train)``."""
+    return num_selected(n, num_repeats, num_replicas) // batch
+
+
 class RepeatAugStream:
     """The training stream of every rank over epochs: rank ``r``'s ``t``-th example is
-    ``rank_indices(perm(epoch))[r, t % k]`` with ``epoch = t // k``. ``key(r, t)`` numbers the draws so
-    each (epoch, rank, slot) gets its own augmentation."""
+    ``rank_indices(perm(epoch))[r, t % k]`` with ``epoch = t // k``, where ``k`` is the rank's share of an
+    epoch (``num_selected``) or, given the per-rank ``batch``, the part of it that fills whole batches (timm's
+    loader drops the rest of each epoch). ``key(r, t)`` numbers the draws so each (epoch, rank, slot) gets its
+    own augmentation."""
 
-    def __init__(self, n: int, num_repeats: float, num_replicas: int, seed: int):
+    def __init__(self, n: int, num_repeats: float, num_replicas: int, seed: int, batch: int | None = None):
         if num_repeats < 1:
             raise ValueError(f"--aug-repeats {num_repeats} must be >= 1 (0 turns repeated augmentation off)")
         self.n, self.num_repeats, self.num_replicas, self.seed = n, num_repeats, num_replicas, seed
         self.per_rank = num_selected(n, num_repeats, num_replicas)
+        if batch is not None:
+            self.per_rank = batches_per_epoch(n, num_repeats, num_replicas, batch) * batch
+            if not self.per_rank:
+                raise ValueError(
+                    f"--aug-repeats: an epoch gives each of {num_replicas} processes "
+                    f"{num_selected(n, num_repeats, num_replicas)} of {n} examples, less than one batch of {batch}"
+                )
         self.epoch = functools.lru_cache(maxsize=4)(self._epoch)  # thread-safe; grain reads from threads
 
     def _epoch(self, e: int) -> np.ndarray:

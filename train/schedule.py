@@ -11,8 +11,12 @@ timm counts its schedule in ``t`` units: epochs by default (the lr changes at ep
   decay_rate ** #{milestones m: m <= t + 1}`` (timm's convention); ``constant`` ``lr``.
 
 As in timm, the run lasts ``epochs`` (+ ``warmup_epochs`` with the prefix) + ``cooldown_epochs`` epochs of
-``len(train) // batch_size`` updates. ``--warmup-steps N`` (a warmup in updates, as a prefix, with the schedule
-per update) keeps the meaning it had before the epoch flags existed.
+``len(train) // batch_size`` updates; with ``--aug-repeats``, an epoch is what timm's ``RepeatAugSampler``
+selects (``num_selected`` per process, about ``len(train) // 256 * 256`` over all), in whole per-process
+batches, as the length of timm's drop-last loader over that sampler (with ``--grad-accum-steps``, timm also
+counts a last partial accumulation; here an update is always ``batch_size`` examples). ``--warmup-steps N`` (a
+warmup in updates, as a prefix, with the schedule per update) keeps the meaning it had before the epoch flags
+existed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import optax
 from jax import numpy as jnp
 
 from train.config import TrainConfig
+from train.sampler import batches_per_epoch
 
 
 @dataclass(frozen=True)
@@ -77,17 +82,24 @@ def on_updates(cfg: TrainConfig) -> bool:
     return cfg.steps is not None or cfg.warmup_steps > 0
 
 
-def updates_per_epoch(cfg: TrainConfig, num_train: int) -> int:
-    """Updates in one pass over the training set (timm: the batches of its drop-last loader)."""
+def updates_per_epoch(cfg: TrainConfig, num_train: int, num_replicas: int = 1) -> int:
+    """Updates in one epoch (timm: the batches of its drop-last loader). Without ``--aug-repeats`` a pass over
+    the training set; with it, the batches of ``batch_size / num_replicas`` in a rank's share of what the
+    repeated-augmentation sampler selects (``num_replicas``: the ranks, one per process here)."""
+    if cfg.aug_repeats:
+        if cfg.batch_size % num_replicas:
+            raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {num_replicas} processes")
+        b = cfg.batch_size // num_replicas
+        return max(batches_per_epoch(num_train, cfg.aug_repeats, num_replicas, b), 1)
     return max(num_train // cfg.batch_size, 1)
 
 
-def total_steps(cfg: TrainConfig, num_train: int) -> int:
+def total_steps(cfg: TrainConfig, num_train: int, num_replicas: int = 1) -> int:
     """``--steps``, else timm's number of epochs (with the warmup prefix and the cooldown) in updates."""
     if cfg.steps is not None:
         return cfg.steps
     epochs = cfg.epochs + (cfg.warmup_epochs if warmup_prefix(cfg) else 0.0) + cfg.cooldown_epochs
-    return math.ceil(epochs * updates_per_epoch(cfg, num_train))
+    return math.ceil(epochs * updates_per_epoch(cfg, num_train, num_replicas))
 
 
 def plan(cfg: TrainConfig, total: int, upe: int) -> Plan:

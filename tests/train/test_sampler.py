@@ -110,3 +110,50 @@ def test_training_package_imports_without_torch():
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "n,repeats,replicas,batch", [(1000, 3, 2, 64), (300, 3, 4, 8), (37, 2, 2, 4), (600, 1.5, 8, 48)]
+)
+def test_an_epoch_is_what_the_sampler_selects(n, repeats, replicas, batch, monkeypatch):
+    """With --aug-repeats, timm's train.py counts an epoch as its drop-last loader over the RepeatAugSampler
+    (``num_selected // per-rank batch`` updates), not ``len(train) // batch``; our schedule counts the same, and
+    fed torch's permutations, the stream's batches of every rank over two epochs are timm's loader's batches."""
+    from torch.utils.data import DataLoader
+
+    from train import schedule
+    from train.config import TrainConfig
+
+    cfg = TrainConfig(
+        model="vit_tiny_patch16_224", epochs=3, warmup_epochs=2, warmup_prefix=True, cooldown_epochs=1,
+        aug_repeats=repeats, batch_size=batch,
+    )  # fmt: skip
+    per = batch // replicas
+    monkeypatch.setattr(
+        sampler.RepeatAugStream,
+        "_epoch",
+        lambda self, e: sampler.rank_indices(
+            torch.randperm(self.n, generator=torch.Generator().manual_seed(e)).numpy(), self.num_repeats, replicas
+        ),
+    )
+    stream = sampler.RepeatAugStream(n, repeats, replicas, seed=0, batch=per)
+    for rank in range(replicas):
+        s = RepeatAugSampler(range(n), num_replicas=replicas, rank=rank, num_repeats=repeats)
+        loader = DataLoader(range(n), batch_size=per, sampler=s, drop_last=True)
+        # timm's train.py: updates_per_epoch = ceil(len(loader) / grad_accum); the run is epochs + warmup (as a
+        # prefix) + cooldown epochs of it
+        assert schedule.updates_per_epoch(cfg, n, replicas) == len(loader)
+        assert schedule.total_steps(cfg, n, replicas) == (3 + 2 + 1) * len(loader)
+        want = []
+        for epoch in (0, 1):
+            s.set_epoch(epoch)
+            want += [b.tolist() for b in loader]
+        got = [[stream.index(rank, t) for t in range(k * per, (k + 1) * per)] for k in range(2 * len(loader))]
+        assert got == want
+    if n == 1000:  # 1000 // 256 * 256 / 2 = 384 per rank, 12 batches of 32: not 1000 // 64 = 15
+        assert schedule.updates_per_epoch(cfg, n, replicas) == 12
+
+
+def test_an_epoch_shorter_than_a_batch_is_refused():
+    with pytest.raises(ValueError, match="--aug-repeats.*less than one batch of 8"):
+        sampler.RepeatAugStream(10, 3, 2, seed=0, batch=8)  # each of 2 ranks selects ceil(10 / 2) = 5
