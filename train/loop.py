@@ -157,8 +157,12 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
     plan = make_plan(cfg, overrides, mesh_lib.make_mesh(cfg.mesh, devices), img_size=img_size, total_steps=total)
     parts, mesh, tx, sh, num_classes = plan.parts, plan.mesh, plan.tx, plan.shardings, plan.num_classes
     use_ema = cfg.model_ema_decay > 0
-    ckpt = Checkpointer(workdir / "ckpt", cfg.keep_ckpts)
-    restored = ckpt.restore_latest(plan.abstract_state())
+    ckpt = Checkpointer(workdir / "ckpt", cfg.keep_ckpts, lock=main)
+    try:
+        restored = ckpt.restore_latest(plan.abstract_state())
+    except BaseException:
+        ckpt.close()
+        raise
     if restored is not None:
         start, st, data_state = restored
         log(f"[train] resumed from step {start} ({ckpt.directory})")
