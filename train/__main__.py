@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from converters.io import CheckpointError
+from train.checkpoint import WorkdirError
 from train.config import parse_args
+from train.data import ImageError
 from train.loop import NonFiniteError, run
 from vitjax.xla_cpu import keep_freed_memory
 
@@ -16,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as e:
         print(f"[train] stopped: {e}", file=sys.stderr)
         return 3
+    except (ImageError, CheckpointError, WorkdirError) as e:
+        print(f"[train] error: {e}", file=sys.stderr)
+        return 2
     return 0 if result.preempted or result.steps_done == result.total_steps else 1
 
 
