@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from converters.__main__ import skip_absent_tpu
 from converters.io import CheckpointError
 from train.checkpoint import WorkdirError
 from train.config import parse_args
@@ -14,6 +15,7 @@ from vitjax.xla_cpu import keep_freed_memory
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    skip_absent_tpu()
     try:
         result = run(cfg)
     except NonFiniteError as e:
