@@ -154,3 +154,17 @@ def test_to_jax_keeps_the_earlier_checkpoint(tmp_path, old_ckpt, mode, arg):
     if mode == "fsize":
         assert r.returncode == 3 and "error: ckpt1: could not be written" in r.stderr, r.stderr[-2000:]
         assert same_as == ["earlier"] and _leftovers(tmp_path, "ckpt1") == []
+
+
+def test_unwritable_destination_is_named(tmp_path, old_ckpt, monkeypatch, capsys):
+    """A destination whose directory cannot be made (its parent is a file; a read-only directory cannot be shown
+    when the tests run as root): exit 3 naming it, nothing written."""
+    from converters.__main__ import EXIT_CHECKPOINT, main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert main(["to-torch", "--src", "ckpt0", "--out", "afile/w.safetensors"]) == EXIT_CHECKPOINT
+    assert "error: afile/w.safetensors: could not be written" in capsys.readouterr().err
+    assert main(["to-jax", "--model", NAME, "--src", "ckpt0", "--out", "afile/ckpt"]) == EXIT_CHECKPOINT
+    assert "error: afile/ckpt: could not be written" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "x"
