@@ -10,7 +10,10 @@ changed unless the whole checkpoint fits.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from collections import Counter
 from collections.abc import Collection, Mapping
 from functools import cache
 from typing import Any
@@ -30,11 +33,13 @@ __all__ = [
     "from_torch",
     "guess_model",
     "load_state_dict",
+    "other_classifier",
     "save_safetensors",
     "to_torch",
     "to_torch_with",
 ]
 
+_log = logging.getLogger(__name__)
 _PREFIXES = {"hf": ("vit.",)}  # ViTForImageClassification wraps ViTModel as `vit.`
 
 
@@ -140,6 +145,31 @@ def to_torch_with(model: nnx.Module, table: Table) -> dict[str, np.ndarray]:
     return out
 
 
+def other_classifier(have: Mapping[str, tuple[int, ...]], want: Mapping[str, tuple[int, ...]], what: str) -> bool:
+    """Whether a checkpoint's classifier (``have``: its head tensors and shapes) is one for another class count
+    than the model's (``want``), so that it is dropped and the model keeps a fresh head; says so when it is.
+
+    That holds when the checkpoint has no head, when the model has none (``num_classes=0``), or when both heads
+    have the same tensors, alike in every dimension but the class count (the first). Any other difference (a
+    missing or extra tensor, another width) is damage, left to the strict check to report by name.
+    """
+    have, want = {k: tuple(s) for k, s in have.items()}, {k: tuple(s) for k, s in want.items()}
+    if have == want:
+        return False
+    if have and want:
+        if set(have) != set(want) or any(not have[k] or have[k][1:] != want[k][1:] for k in want):
+            return False
+        counts = {s[0] for s in have.values()}
+        if len(counts) != 1:
+            return False
+    n_have = next(iter(have.values()))[0] if have else 0
+    n_want = next(iter(want.values()))[0] if want else 0
+    dropped = f"its head ({', '.join(sorted(have))}) is left out" if have else "it has no classifier"
+    kept = "the model keeps a freshly initialised one" if want else "the model has none"
+    _log.warning(f"{what}: a classifier for {n_have} classes, the model's for {n_want}: {dropped}; {kept}")
+    return True
+
+
 @cache
 def _signature(name: str, source: str) -> dict[str, tuple[int, ...]]:
     import vitjax
@@ -152,13 +182,75 @@ def _score(have: set, want: set) -> float:
     return len(have & want) / max(len(have | want), 1)
 
 
+# a block's index in a torch key: ViT `blocks.3.`, transformers `layers.3.` / `encoder.layer.3.`, stages `stages.1.2.`
+# (byoanet) or `stages.1.blocks.2.` (maxxvit)
+_BLOCK = re.compile(r"^(?:blocks|layers|encoder\.layer)\.(\d+)\.|^stages\.(\d+)\.(?:blocks\.)?(\d+)\.")
+
+
+def _stages_of_checkpoint(shapes: Mapping[str, tuple[int, ...]]) -> tuple[tuple[int, ...], list[Counter]]:
+    """Blocks per stage counted in a checkpoint's keys (a ViT: one stage), and how many 1-D tensors (norms,
+    biases) of each length each stage has."""
+    blocks: dict[int, set[int]] = {}
+    lengths: dict[int, Counter] = {}
+    for k, shape in shapes.items():
+        m = _BLOCK.match(k)
+        if m:
+            stage, block = (0, m[1]) if m[1] is not None else (int(m[2]), m[3])
+            blocks.setdefault(stage, set()).add(int(block))
+            if len(shape) == 1:
+                lengths.setdefault(stage, Counter())[int(shape[0])] += 1
+    order = sorted(blocks)
+    return tuple(len(blocks[s]) for s in order), [lengths.get(s, Counter()) for s in order]
+
+
+def _depths_of_config(cfg: Any) -> tuple[int, ...]:
+    """Blocks per stage, from a model config: ``depth`` (ViT), ``depths`` (MaxxViT) or ``blocks`` (ByobNet)."""
+    if hasattr(cfg, "depths"):
+        return tuple(cfg.depths)
+    if hasattr(cfg, "blocks"):
+        return tuple(sum(b.d for b in (st if isinstance(st, tuple) else (st,))) for st in cfg.blocks)
+    return (cfg.depth,)
+
+
+def _width_votes(cfg: Any, lengths: list[Counter]) -> int:
+    """How many 1-D tensors of the checkpoint's stages are as long as the config's width of that stage
+    (``embed_dim``; 0 for configs without it): a block's norms and most biases are as wide as its stage."""
+    dims = getattr(cfg, "embed_dim", None)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+    if len(dims) != len(lengths):
+        return 0
+    return sum(ls[d] for d, ls in zip(dims, lengths, strict=True))
+
+
+def _candidates(shapes: Mapping[str, tuple[int, ...]], family: str) -> list[str]:
+    """The models of ``family`` worth comparing in full with a checkpoint, chosen from their configs alone (no
+    model is built): those with the checkpoint's blocks per stage (else the nearest such counts) whose stage
+    widths match the most of the checkpoint's norms and biases."""
+    import vitjax
+
+    have, lengths = _stages_of_checkpoint(shapes)
+    configs = {name: vitjax.get_spec(name).config() for name in vitjax.list_models(family=family)}
+    dist = {}
+    for name, cfg in configs.items():
+        want = _depths_of_config(cfg)
+        if len(want) == len(have):
+            dist[name] = sum(abs(a - b) for a, b in zip(want, have, strict=True))
+    if not dist:
+        return []
+    nearest = [n for n, d in dist.items() if d == min(dist.values())]
+    votes = {n: _width_votes(configs[n], lengths) for n in nearest}
+    return [n for n in nearest if votes[n] == max(votes.values())]
+
+
 def guess_model(shapes: Mapping[str, tuple[int, ...]], source: str = "timm", family: str | None = None) -> str | None:
     """Which registered model a ``source`` checkpoint (its keys and shapes) belongs to.
 
-    Models of ``family`` are compared in full: the one with exactly these keys and shapes, else the closest
-    (share of matching keys and shapes above one half). Otherwise, or with no family given, the checkpoint's
-    top-level module names are compared with one model of each family and the answer names that family
-    (``"a <family> checkpoint"``), or None if nothing is close.
+    Within ``family``, the configs pick the candidates (blocks per stage and widths read off the checkpoint's
+    keys and shapes, see :func:`_candidates`), so that only a few models are built, abstractly; of those, the
+    one with exactly these keys and shapes is named, else the closest (share of matching keys and shapes above
+    one half). Otherwise, or with no family given, the checkpoint's top-level module names are compared with
+    one model of each family and the answer names that family (``"a <family> checkpoint"``), or None if
+    nothing is close.
     """
     import vitjax
     from converters.tables import TABLES
@@ -166,7 +258,7 @@ def guess_model(shapes: Mapping[str, tuple[int, ...]], source: str = "timm", fam
     have = {(k, tuple(s)) for k, s in shapes.items()}
     if family is not None:
         best, best_score = None, 0.5
-        for name in vitjax.list_models(family=family):
+        for name in _candidates(shapes, family):
             score = _score(have, set(_signature(name, source).items()))
             if score == 1.0:
                 return name

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import os
 import resource
 import sys
 import time
@@ -128,6 +131,23 @@ def _count(model) -> int:
     return sum(int(v.get_value().size) for v in weights(model).values())
 
 
+@contextlib.contextmanager
+def _writing(out: Path):
+    """Report a failed write (a full disk, a file size limit, a read-only or missing directory) as a
+    CheckpointError naming ``out``; the writers leave the earlier ``out`` in place and no temporary behind."""
+    from converters.engine import ConversionError
+    from converters.io import CheckpointError
+
+    try:
+        yield
+    except (CheckpointError, ConversionError):
+        raise
+    except Exception as e:  # OSError, or orbax's / tensorstore's own errors for the same causes
+        raise CheckpointError(
+            f"{out}: could not be written ({type(e).__name__}: {e}); an earlier {out.name} is left as it was"
+        ) from e
+
+
 def _to_jax(args) -> int:
     import vitjax
     from converters import orbax_io
@@ -142,7 +162,8 @@ def _to_jax(args) -> int:
     model = vitjax.create_model(args.model, abstract=True, **overrides)
     load_pretrained(model, args.src if args.src is not None else True, progress=True)
     loaded = time.perf_counter()
-    out = orbax_io.save(model, args.out, extra={"converted_from": model.pretrained_cfg.get("source", "")})
+    with _writing(args.out):
+        out = orbax_io.save(model, args.out, extra={"converted_from": model.pretrained_cfg.get("source", "")})
     done = time.perf_counter()
     print(
         f"to-jax: {args.model} ({_count(model):,} weights) from {model.pretrained_cfg.get('source')}\n"
@@ -179,7 +200,8 @@ def _to_torch(args) -> int:
         orbax_io.restore(model, args.src)
     loaded = time.perf_counter()
     naming = args.naming or sources_for(model.family)[0]
-    out = save_torch(model, args.out, naming, metadata={"format": "pt", "vitjax_model": name}, progress=True)
+    with _writing(args.out):
+        out = save_torch(model, args.out, naming, metadata={"format": "pt", "vitjax_model": name}, progress=True)
     done = time.perf_counter()
     print(
         f"to-torch: {name} ({_count(model):,} weights, {naming} naming)\n"
@@ -216,8 +238,37 @@ def _verify(args) -> int:
     return EXIT_OK if not failed else EXIT_PARITY
 
 
+def skip_absent_tpu() -> None:
+    """Keep JAX from probing for a TPU on a machine that has none, for command-line tools to start quietly.
+
+    The ``tpu`` extra installs libtpu (``python -m train.aot`` compiles for TPUs with it), and JAX then tries a
+    TPU backend at start-up: without a TPU, libtpu prints errors about host bounds and worker hostnames before
+    JAX falls back to the CPU. With no TPU chip, no NVIDIA GPU and no other JAX plugin on the machine, this
+    selects the CPU backend (``jax_platforms="cpu"``) before any backend starts. An explicit ``JAX_PLATFORMS`` is
+    respected. The TPU compiler stays at hand: ``train.aot`` loads libtpu through JAX's TPU topology API,
+    which needs no TPU backend.
+    """
+    import jax
+
+    if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms:
+        return
+    try:
+        from importlib.metadata import entry_points
+
+        from jax._src import hardware_utils
+
+        if hardware_utils.num_available_tpu_chips_and_device_id()[0] or hardware_utils.has_visible_nvidia_gpu():
+            return
+        if list(entry_points(group="jax_plugins")) or importlib.util.find_spec("jax_plugins") is not None:
+            return
+    except (ImportError, AttributeError):  # a JAX without these helpers: leave its platform choice alone
+        return
+    jax.config.update("jax_platforms", "cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    skip_absent_tpu()
     from converters.engine import ConversionError
     from converters.io import CheckpointError
 

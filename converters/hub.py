@@ -30,7 +30,7 @@ from typing import Any, Literal
 import jax
 from flax import nnx
 
-from converters import from_torch
+from converters import from_torch, other_classifier
 from converters.engine import ConversionError, expected_torch_shapes, plan, weights
 from converters.io import CheckpointError, load_state_dict, shapes_of
 from converters.resample import Resize, Target, apply_filter
@@ -272,7 +272,7 @@ def load_state_dict_into(
         have = shapes_of(sd)
         ck = {k: tuple(s) for k, s in have.items() if k.startswith(heads)}
         mk = {k: tuple(s) for k, s in want.items() if k.startswith(heads)}
-        if ck != mk:  # another num_classes (or none): drop the checkpoint's head, keep a fresh one
+        if other_classifier(ck, mk, what):  # another num_classes (or none): drop the checkpoint's head
             for k in ck:
                 del sd[k]
             keep = [st.jax_key for st in steps if set(st.torch_keys) & set(mk)]

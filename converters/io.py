@@ -143,8 +143,10 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.strerror and e.filename is None:  # a full disk names no file: name ours
+            e.filename = str(path)
         raise
     return path
 
@@ -153,4 +155,13 @@ def save_safetensors(sd: Mapping[str, np.ndarray], path: str | os.PathLike, meta
     from safetensors.numpy import save_file
 
     arrays = {k: np.ascontiguousarray(v) for k, v in sd.items()}
-    return atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(arrays, tmp, metadata=metadata)
+        except Exception as e:  # safetensors reports a failed write (a full disk) as its own SafetensorError
+            if isinstance(e, OSError):
+                raise
+            raise OSError(f"{path}: could not be written ({e})") from e
+
+    return atomic_write(path, write)

@@ -161,6 +161,7 @@ def load_npz(
 ) -> nnx.Module:
     """Fill a ViT from an original ``.npz`` checkpoint (strict: every weight filled, every parameter of the
     file used, except ``pre_logits`` for models without it and a head of another size)."""
+    from converters import other_classifier
     from converters.hub import fresh_weights
 
     path = Path(path)
@@ -189,14 +190,18 @@ def load_npz(
         if uncovered:
             raise ConversionError(f"{path}: the original ViT layout has no weights for {uncovered}")
         used, values, problems, fresh = set(), {}, [], []
+        heads = (("head.weight", "head.kernel", "head/kernel"), ("head.bias", "head.bias", "head/bias"))
+        ck = {t: npz[prefix + n].shape[::-1] for t, _, n in heads if prefix + n in keys}  # torch's (K, D), (K,)
+        mk = {t: targets[j].get_value().shape[::-1] for t, j, _ in heads if j in targets}
+        other_head = other_classifier(ck, mk, str(path))
         for key in targets:
             e = entries[key]
             full = [prefix + k for k in e.npz]
             missing = [k for k in full if k not in keys]
+            if key.startswith("head.") and other_head:
+                fresh.append(key)
+                continue
             if missing:
-                if key.startswith("head."):
-                    fresh.append(key)
-                    continue
                 problems.append(f"  missing    {missing[0]} (for {key})")
                 continue
             idx = int(key.split(".")[1]) if key.startswith("blocks.") else None
@@ -208,18 +213,10 @@ def load_npz(
             if key == "patch_embed.proj.kernel" and value.shape[:2] != want[:2]:
                 torch_w = value.transpose(3, 2, 0, 1)  # O, I, p, p
                 value = resample_patch_embed(torch_w, want[:2], TIMM_NPZ).transpose(2, 3, 1, 0)  # p', p', I, O
-            if key.startswith("head.") and value.shape != want:
-                fresh.append(key)
-                used.update(full)
-                continue
             if value.shape != want:
                 problems.append(f"  shape      {full[0]}: gives {value.shape}, model needs {want} (for {key})")
             used.update(full)
             values[key] = value
-        if any(k.startswith("head.") for k in fresh):  # both head weights go together
-            fresh = sorted({*fresh, *(k for k in targets if k.startswith("head."))})
-            for k in fresh:
-                values.pop(k, None)
         ignorable = (f"{prefix}pre_logits/", f"{prefix}head/")
         unused = sorted(k for k in keys if k.startswith(prefix) and k not in used and not k.startswith(ignorable))
         if prefix == "" and not features:

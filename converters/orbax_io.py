@@ -103,17 +103,32 @@ def save(model: nnx.Module, out: str | os.PathLike, *, extra: dict[str, Any] | N
         ckpt.save(tmp / "state", state)
         ckpt.wait_until_finished()
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
+        if out.exists() and _exchange(tmp, out):  # one atomic step: `out` is never missing
+            shutil.rmtree(tmp)
+        else:
+            old = None
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                os.replace(out, old)
+            os.replace(tmp, out)
+            if old is not None:
+                shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unsupported."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -137,8 +152,8 @@ def _restore_tree(path: Path, meta: dict[str, Any], shardings: dict[str, Any] | 
         k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=(shardings or {}).get(k) or default)
         for k, (shape, dtype) in meta["weights"].items()
     }
-    try:
-        return ocp.StandardCheckpointer().restore(path / "state", target)
+    try:  # orbax accepts only absolute paths
+        return ocp.StandardCheckpointer().restore(path.absolute() / "state", target)
     except Exception as e:  # orbax / tensorstore raise many types for damaged files
         raise CheckpointError(f"{path}: the checkpoint's arrays cannot be read ({type(e).__name__}: {e})") from e
 

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import sys
 
+from converters.__main__ import skip_absent_tpu
+from converters.io import CheckpointError
+from train.checkpoint import WorkdirError
 from train.config import parse_args
+from train.data import ImageError
 from train.loop import NonFiniteError, run
 from vitjax.xla_cpu import keep_freed_memory
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    skip_absent_tpu()
     try:
         result = run(cfg)
     except NonFiniteError as e:
         print(f"[train] stopped: {e}", file=sys.stderr)
         return 3
+    except (ImageError, CheckpointError, WorkdirError) as e:
+        print(f"[train] error: {e}", file=sys.stderr)
+        return 2
     return 0 if result.preempted or result.steps_done == result.total_steps else 1
 
 

@@ -63,8 +63,15 @@ class Split:
         item = self.images[i]
         if isinstance(item, np.ndarray):
             return Image.fromarray(item)
-        with Image.open(item) as im:
-            return im.convert("RGB")
+        try:
+            with Image.open(item) as im:
+                return im.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's errors for bad files
+            raise ImageError(f"{item}: cannot read this image ({type(e).__name__}: {e})") from e
+
+
+class ImageError(ValueError):
+    """An image file of the dataset that is missing, truncated or not an image."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.__main__ import skip_absent_tpu
+
 MODEL = "vit_relpos_small_patch16_224"
 ARCH = dict(img_size=32, patch_size=8, embed_dim=192, depth=4, num_heads=3, num_classes=10)
 
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", help="timm state_dict to start from instead of timm's random init")
     args = p.parse_args(argv)
+    skip_absent_tpu()
     t0 = time.perf_counter()
 
     import jax

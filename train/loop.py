@@ -172,11 +172,15 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
     )
     parts, mesh, tx, sh, num_classes = plan.parts, plan.mesh, plan.tx, plan.shardings, plan.num_classes
     use_ema = cfg.model_ema_decay > 0
-    ckpt = Checkpointer(workdir / "ckpt", cfg.keep_ckpts)
-    if cfg.eval_metric.endswith("_ema") and not use_ema:
-        raise ValueError(f"--eval-metric {cfg.eval_metric} needs EMA weights (--model-ema-decay)")
-    best = BestKeeper(workdir / "best", cfg.keep_best, cfg.eval_metric) if cfg.keep_best else None
-    restored = ckpt.restore_latest(plan.abstract_state())
+    ckpt = Checkpointer(workdir / "ckpt", cfg.keep_ckpts, lock=main)
+    try:
+        if cfg.eval_metric.endswith("_ema") and not use_ema:
+            raise ValueError(f"--eval-metric {cfg.eval_metric} needs EMA weights (--model-ema-decay)")
+        best = BestKeeper(workdir / "best", cfg.keep_best, cfg.eval_metric) if cfg.keep_best else None
+        restored = ckpt.restore_latest(plan.abstract_state())
+    except BaseException:
+        ckpt.close()
+        raise
     if restored is not None:
         start, st, data_state = restored
         log(f"[train] resumed from step {start} ({ckpt.directory})")

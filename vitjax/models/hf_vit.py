@@ -20,7 +20,15 @@ _TABLE = {
     "google/vit-large-patch32-224-in21k": dict(patch_size=32, embed_dim=1024, depth=24, num_heads=16),
     "google/vit-huge-patch14-224-in21k": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
 }
-for _args in _TABLE.values():
-    _args["representation_size"] = _args["embed_dim"]
+_FOLLOW = object()
 
-MODELS = variants("hf_vit", ViTConfig, VisionTransformer, _TABLE, **_HF)
+
+def hf_vit_config(*, representation_size: int | None | object = _FOLLOW, **fields) -> ViTConfig:
+    """A ViT config for the HF ids: the pooler (``representation_size``) is as wide as the hidden size unless its
+    width is given, as transformers' ``pooler_output_size`` follows ``hidden_size``; ``None`` means no pooler."""
+    if representation_size is _FOLLOW:
+        representation_size = fields["embed_dim"]
+    return ViTConfig(representation_size=representation_size, **fields)
+
+
+MODELS = variants("hf_vit", hf_vit_config, VisionTransformer, _TABLE, **_HF)
