@@ -6,10 +6,13 @@ never skips it.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import timm  # noqa: F401  (a missing reference library must fail, not skip)
 import torch
 import transformers  # noqa: F401
+from flax import nnx
 
 import converters
 from converters.verify import randomize  # noqa: F401  (re-exported for the parity tests)
@@ -52,3 +55,21 @@ def record(results: dict, family: str, name: str, errs: dict[str, float]) -> Non
     fam["n"] += 1
     if worst >= fam["worst"]:
         fam.update(worst=worst, model=name)
+
+
+def float64(model: nnx.Module) -> nnx.Module:
+    """Make every floating-point variable of a vitjax model (parameters, BatchNorm statistics, buffers;
+    abstract or not) float64, in place, so that a converter fills it in float64 and the forward runs in float64.
+    Call it inside ``jax.enable_x64(True)`` (without x64 jnp.float64 means float32)."""
+    assert jax.config.jax_enable_x64, "float64 needs jax.enable_x64(True)"
+    for _, var in nnx.iter_graph(model):
+        if not isinstance(var, nnx.Variable):
+            continue
+        v = var.get_value()
+        if not hasattr(v, "dtype") or not jnp.issubdtype(v.dtype, jnp.floating):
+            continue
+        if isinstance(v, jax.ShapeDtypeStruct):
+            var.set_value(jax.ShapeDtypeStruct(v.shape, jnp.float64))
+        else:
+            var.set_value(jnp.asarray(v, jnp.float64))
+    return model
