@@ -19,7 +19,9 @@ from transformers import ViTModel
 import vitjax
 from converters.resample import HF, TIMM, TIMM_NPZ, Resize, resample_abs_pos_embed, resample_patch_embed, resize_grid
 from tests.converters.helpers import fwd, hf_vit_config, image, nchw_to_nhwc, rel_err, save_sd
-from tests.parity.reference import TOL, randomize, record
+from tests.parity.reference import FP32_TOL, randomize, record
+
+TOL = FP32_TOL["resample"]
 
 
 @pytest.mark.parametrize("resize", [TIMM, TIMM_NPZ, HF, Resize("bilinear", True)], ids=str)

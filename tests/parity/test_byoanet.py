@@ -24,9 +24,11 @@ from timm.models import byobnet as tb
 
 import converters
 import vitjax
-from tests.parity.reference import TOL, assert_round_trip, float64, nchw_to_nhwc, nhwc, randomize, record, rel_err
+from tests.parity.reference import FP32_TOL, assert_round_trip, float64, nchw_to_nhwc, nhwc, randomize, record, rel_err
 from vitjax.models import byobnet as vb
 from vitjax.xla_cpu import compiler_options
+
+TOL = FP32_TOL["byoanet"]
 
 NAMES = vitjax.list_models(family="byoanet")
 SLOW = ("50ts", "halonet_h1")  # ResNet-50-sized and the all-halo H1
