@@ -32,7 +32,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}  # torchvision ImageFolder's
 
 
 @dataclass(frozen=True)

@@ -188,3 +188,21 @@ def test_backbone_without_classifier_is_refused():
     """A model with no head (HF ViTModel, num_classes=0) gets a clear error, not a division by zero."""
     with pytest.raises(ValueError, match="--num-classes"):
         make_train_step(None, {}, None, None, num_classes=0, mean=(0.5,), std=(0.5,))
+
+
+def test_label_smoothing_values_match_torch():
+    """The smoothed targets hold 1 - e + e/K at the label and e/K elsewhere, and the training loss on them
+    (softmax cross-entropy, as the train step computes it) equals torch's ``cross_entropy(label_smoothing=e)``."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 10)).astype(np.float32) * 3
+    labels = np.array([0, 3, 9, 3, 5, 1])
+    for eps in (0.0, 0.1, 0.3):
+        y = np.asarray(smooth_one_hot(jnp.asarray(labels), 10, eps))
+        want = np.full((6, 10), eps / 10, np.float32)
+        want[np.arange(6), labels] += 1 - eps
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=0)
+        ours = float(optax.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(y)).mean())
+        ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), label_smoothing=eps)
+        assert ours == pytest.approx(float(ref), rel=1e-6)
