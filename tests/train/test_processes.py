@@ -118,3 +118,21 @@ def test_two_processes_match_one_process(tmp_path, spawn):
     for s in ref:
         assert got[s] == pytest.approx(ref[s], rel=1e-5), s
     print("\n2 processes vs 1: worst loss rel err", max(abs(got[s] - ref[s]) / ref[s] for s in ref))
+
+
+def test_non_finite_exit_code_and_skip_policy(tmp_path):
+    """``python -m train`` exits 3 naming the step when the loss turns non-finite (``--nan-policy stop``, the
+    default); with ``--nan-policy skip`` it reports each skipped update and finishes with exit code 0."""
+    blow_up = ["--steps", "6", "--lr", "1e30", "--warmup-steps", "0", "--log-every", "3", "--eval-batch-size", "120"]
+    r = subprocess.run(_cmd(tmp_path / "stop", *blow_up), env=_env(1), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "[train] stopped: non-finite loss or gradient at step" in r.stderr
+    r = subprocess.run(
+        _cmd(tmp_path / "skip", *blow_up, "--nan-policy", "skip"),
+        env=_env(1),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "non-finite loss/gradient, update skipped" in r.stderr
