@@ -63,6 +63,13 @@ def nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1)
 
 
+def on_meta(build, *args, **kw) -> torch.nn.Module:
+    """``build(*args, **kw)`` on torch's meta device: a strict load checks keys and shapes without allocating
+    or initialising the weights."""
+    with torch.device("meta"):
+        return build(*args, **kw)
+
+
 def assert_round_trip(model, sd: dict, target: str, fresh: torch.nn.Module) -> None:
     """to_torch(from_torch(sd)) == sd bit for bit, and the reference loads it with strict=True."""
     out = converters.to_torch(model, target=target)

@@ -31,6 +31,7 @@ from tests.parity.reference import (
     float64,
     nchw_to_nhwc,
     nhwc,
+    on_meta,
     randomize,
     record,
     rel_err,
@@ -40,6 +41,9 @@ from vitjax.models import byobnet as vb
 from vitjax.xla_cpu import compiler_options
 
 TOL = FP32_TOL["byoanet"]
+
+# the round trips load into reference models on the meta device: strict about keys and shapes, no copies
+pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
 
 NAMES = vitjax.list_models(family="byoanet")
 SLOW = ("50ts", "halonet_h1")  # ResNet-50-sized and the all-halo H1
@@ -119,7 +123,7 @@ def test_parity(name, parity_results):
     }
     record(parity_results, "byoanet", name, errs)
     assert max(errs.values()) <= TOL, errs
-    assert_round_trip(model, sd, "timm", timm.create_model(name, **kw))
+    assert_round_trip(model, sd, "timm", on_meta(timm.create_model, name, **kw))
 
 
 @pytest.mark.parametrize("name", params(NAMES))
@@ -479,7 +483,7 @@ def test_machinery(key, parity_results):
     errs |= {f"inter{i}": rel_err(g, nhwc(r)) for i, (g, r) in enumerate(zip(got, inter, strict=True))}
     record(parity_results, "byoanet", f"custom {key}", errs)
     assert max(errs.values()) <= TOL, errs
-    assert_round_trip(model, sd, "timm", _timm_model(cfg))
+    assert_round_trip(model, sd, "timm", on_meta(_timm_model, cfg))
 
     # the same in float64 on both sides: within TOL_F64 (a wrong eps, activation form or pooling shows)
     ref = ref.double()
