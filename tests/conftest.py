@@ -3,7 +3,9 @@ full precision for parity."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# appended to whatever XLA_FLAGS the environment already has (setdefault would drop the 8 devices then)
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 # libtpu (the `tpu` extra, for train.aot's ahead-of-time TPU compiles) makes every jax process probe for a TPU;
 # tests run on the CPU and reach TPU topologies through get_topology_desc, which needs no TPU backend
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -46,7 +46,7 @@ from train.augment import TrainAugment, crop_box
 from train.sampler import RepeatAugStream
 
 __all__ = ["crop_box"]  # re-exported: the random-resized-crop rule lives in train.augment
-_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}  # torchvision ImageFolder's
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ def write_hub_file(cache: Path, repo_id: str, filename: str, write) -> Path:
 
 
 def hf_vit_config(name: str, **overrides):
-    from converters.verify import hf_config
+    """transformers' config of an HF id from the published values (never from vitjax's table)."""
+    from tests.parity.reference import hf_published_config
 
-    return hf_config(name, **overrides)
+    return hf_published_config(name, **overrides)
 
 
 def features_err(model, ref, x: torch.Tensor) -> float:

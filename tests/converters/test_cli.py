@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,11 +16,12 @@ from transformers import ViTModel
 
 import vitjax
 from converters import orbax_io
-from converters.__main__ import EXIT_CHECKPOINT, EXIT_OK, main
+from converters.__main__ import EXIT_CHECKPOINT, EXIT_OK, EXIT_PARITY, EXIT_USAGE, main
 from converters.stream import SafetensorsReader, save_torch
 from tests.converters.helpers import fwd, hf_vit_config, image, nchw_to_nhwc, rel_err, save_sd
 from tests.parity.reference import TOL, randomize
 
+ROOT = Path(__file__).resolve().parents[2]
 NAME = "test_vit_relpos"  # timm's own tiny test model (96 wide, 9 blocks, 160 px)
 
 
@@ -122,3 +125,53 @@ def test_hf_export_loads_strictly_in_transformers(tmp_path):
     fresh.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(str(out)).items()}, strict=True)
     reader = SafetensorsReader(out)  # the streamed file reads back with vitjax's own reader too
     assert all(np.array_equal(reader[k], v.numpy()) for k, v in hf.state_dict().items())
+
+
+def test_demo_command(tmp_path):
+    """``python -m converters demo`` (``make demo``'s first command) on one small model: the parity table with
+    PASS and exit code 0. The seed models themselves run under ``-m slow``."""
+    r = subprocess.run(
+        [sys.executable, "-m", "converters", "demo", "--models", NAME],
+        text=True,
+        capture_output=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == EXIT_OK, r.stderr[-3000:]
+    assert NAME in r.stdout and "PASS" in r.stdout and "summary: 1 of 1 within tolerance" in r.stdout
+
+
+@pytest.mark.slow
+def test_demo_command_seed_models(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "converters", "demo"],
+        text=True,
+        capture_output=True,
+        timeout=3600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == EXIT_OK, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_verify_exit_codes(monkeypatch, capsys):
+    """verify exits 1 with FAIL in the table when an output is off by more than the tolerance, and 2 for a
+    model name it does not know."""
+    from converters import verify as verify_lib
+
+    outputs = verify_lib.jax_outputs
+
+    def off(model, name, x):
+        got = outputs(model, name, x)
+        return {**got, "logits": np.asarray(got["logits"]) + 1e-3}
+
+    monkeypatch.setattr(verify_lib, "jax_outputs", off)
+    assert main(["verify", "--model", NAME]) == EXIT_PARITY
+    out = capsys.readouterr().out
+    assert "FAIL" in out and f"FAILED ['{NAME}']" in out
+    monkeypatch.undo()
+    assert main(["verify", "--model", NAME]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["verify", "--model", "vit_no_such_model"]) == EXIT_USAGE
+    assert "vit_no_such_model" in capsys.readouterr().err

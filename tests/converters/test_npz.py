@@ -14,7 +14,9 @@ import converters
 import vitjax
 from converters.npz import save_npz, to_npz
 from tests.converters.helpers import fwd, image, nchw_to_nhwc, rel_err
-from tests.parity.reference import TOL, record
+from tests.parity.reference import FP32_TOL, record
+
+TOL = FP32_TOL["npz"]
 
 NAME = "vit_tiny_patch16_224"  # D 192, 3 heads, MLP 768
 D, H, M, P, DEPTH = 192, 3, 768, 16, 2

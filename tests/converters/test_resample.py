@@ -19,7 +19,9 @@ from transformers import ViTModel
 import vitjax
 from converters.resample import HF, TIMM, TIMM_NPZ, Resize, resample_abs_pos_embed, resample_patch_embed, resize_grid
 from tests.converters.helpers import fwd, hf_vit_config, image, nchw_to_nhwc, rel_err, save_sd
-from tests.parity.reference import TOL, randomize, record
+from tests.parity.reference import FP32_TOL, randomize, record
+
+TOL = FP32_TOL["resample"]
 
 
 @pytest.mark.parametrize("resize", [TIMM, TIMM_NPZ, HF, Resize("bilinear", True)], ids=str)
@@ -142,3 +144,25 @@ def test_maxxvit_at_another_size_matches_timm(tmp_path, parity_results, name, si
     err = rel_err(fwd(model, nchw_to_nhwc(x)), want)
     record(parity_results, "resampled maxxvit", f"{name}@{size}", {"logits": err})
     assert err <= TOL
+
+
+@pytest.mark.parametrize("resize", [TIMM, TIMM_NPZ, HF, Resize("bilinear", True)], ids=str)
+def test_resampling_float64(resize):
+    """Grid and position-table resampling in float64 against torch's interpolate in float64, within 1e-9 of the
+    largest value (a wrong kernel, antialias or alignment is 1e-3 and up; a float32 step 1e-7). timm's own
+    resample_abs_pos_embed / resample_patch_embed cast to float32 inside, so the reference here is the
+    interpolation they call, on the class-token-free grid."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 14, 16, generator=g, dtype=torch.float64)
+    want = F.interpolate(x, size=(9, 23), mode=resize.method, antialias=resize.antialias, align_corners=False)
+    got = resize_grid(x[0].permute(1, 2, 0).numpy(), (9, 23), resize).transpose(2, 0, 1)[None]
+    assert got.dtype == np.float64
+    assert np.abs(got - want.numpy()).max() / np.abs(want.numpy()).max() <= 1e-9
+    pe = torch.randn(1, 1 + 196, 8, generator=g, dtype=torch.float64)
+    for new in ((24, 20), (7, 7)):
+        grid = pe[:, 1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=new, mode=resize.method, antialias=resize.antialias, align_corners=False)
+        want = torch.cat([pe[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, 8)], dim=1).numpy()
+        got = resample_abs_pos_embed(pe.numpy(), new, None, 1, resize)
+        assert got.dtype == np.float64
+        assert np.abs(got - want).max() / np.abs(want).max() <= 1e-9

@@ -24,9 +24,26 @@ from timm.models import byobnet as tb
 
 import converters
 import vitjax
-from tests.parity.reference import TOL, assert_round_trip, float64, nchw_to_nhwc, nhwc, randomize, record, rel_err
+from tests.parity.reference import (
+    FP32_TOL,
+    TOL_F64,
+    assert_round_trip,
+    float64,
+    nchw_to_nhwc,
+    nhwc,
+    on_meta,
+    randomize,
+    record,
+    rel_err,
+    rel_err64,
+)
 from vitjax.models import byobnet as vb
 from vitjax.xla_cpu import compiler_options
+
+TOL = FP32_TOL["byoanet"]
+
+# the round trips load into reference models on the meta device: strict about keys and shapes, no copies
+pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
 
 NAMES = vitjax.list_models(family="byoanet")
 SLOW = ("50ts", "halonet_h1")  # ResNet-50-sized and the all-halo H1
@@ -106,7 +123,7 @@ def test_parity(name, parity_results):
     }
     record(parity_results, "byoanet", name, errs)
     assert max(errs.values()) <= TOL, errs
-    assert_round_trip(model, sd, "timm", timm.create_model(name, **kw))
+    assert_round_trip(model, sd, "timm", on_meta(timm.create_model, name, **kw))
 
 
 @pytest.mark.parametrize("name", params(NAMES))
@@ -438,6 +455,7 @@ CUSTOM["self_attn_map_out"] = dataclasses.replace(CUSTOM["self_attn_variants"], 
 
 @pytest.mark.parametrize("key", sorted(CUSTOM))
 def test_machinery(key, parity_results):
+    """Hand-made configs against timm's ByobNet built from the same config: float32, then float64."""
     cfg = CUSTOM[key]
     torch.manual_seed(4)
     ref = randomize(_timm_model(cfg).eval(), seed=4)
@@ -465,7 +483,28 @@ def test_machinery(key, parity_results):
     errs |= {f"inter{i}": rel_err(g, nhwc(r)) for i, (g, r) in enumerate(zip(got, inter, strict=True))}
     record(parity_results, "byoanet", f"custom {key}", errs)
     assert max(errs.values()) <= TOL, errs
-    assert_round_trip(model, sd, "timm", _timm_model(cfg))
+    assert_round_trip(model, sd, "timm", on_meta(_timm_model, cfg))
+
+    # the same in float64 on both sides: within TOL_F64 (a wrong eps, activation form or pooling shows)
+    ref = ref.double()
+    x = x.double()
+    with torch.no_grad():
+        feats = ref.forward_features(x)
+        logits = ref.forward_head(feats)
+        inter = ref.forward_intermediates(x, intermediates_only=True)
+    with jax.enable_x64(True):
+        model = float64(nnx.eval_shape(lambda: vb.ByobNet(cfg, rngs=nnx.Rngs(0))))
+        model.model_name, model.family = key, "byoanet"
+        model.eval()
+        converters.from_torch(model, ref.state_dict(), source="timm")
+        feats_j, logits_j, _, got = jitted(model, "heads_and_intermediates")(nchw_to_nhwc(x))
+        errs = {
+            "features": rel_err64(feats_j, nhwc(feats)),
+            "logits": rel_err64(logits_j, nhwc(logits) if logits.ndim == 4 else logits),
+        }
+        errs |= {f"inter{i}": rel_err64(g, nhwc(r)) for i, (g, r) in enumerate(zip(got, inter, strict=True))}
+    record(parity_results, "byoanet (float64)", f"custom {key}", errs)
+    assert max(errs.values()) <= TOL_F64, errs
 
 
 def test_config_validation():

@@ -1,12 +1,14 @@
 """Parity of the HF ``google/vit-*-in21k`` ids against transformers' own ``ViTModel`` (with pooler).
 
-The reference is built by transformers from the published architecture (``converters.verify.hf_config``), every
-float tensor randomised; ``forward_features`` must equal ``last_hidden_state``, ``model(x)`` the
-``pooler_output``, and features_only maps the matching ``hidden_states`` (block outputs, before the final norm).
+The reference is built by transformers from the published configs (the hub's config.json values, written out
+in ``tests/parity/reference.py``, never vitjax's table), every float tensor randomised; ``forward_features``
+must equal ``last_hidden_state``, ``model(x)`` the ``pooler_output``, and features_only maps the matching
+``hidden_states`` (block outputs, before the final norm).
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,25 @@ from transformers import ViTModel
 import converters
 import vitjax
 from converters.verify import hf_config
-from tests.parity.reference import TOL, assert_round_trip, nchw_to_nhwc, randomize, record, rel_err
+from tests.parity.reference import (
+    FP32_TOL,
+    HF_PUBLISHED,
+    HF_PUBLISHED_COMMON,
+    TOL_F64,
+    assert_round_trip,
+    float64,
+    hf_published_config,
+    nchw_to_nhwc,
+    randomize,
+    record,
+    rel_err,
+    rel_err64,
+)
+
+TOL = FP32_TOL["hf_vit"]
+
+# the round trip loads into a meta-device ViTModel: strict about keys and shapes, no copies
+pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
 
 NAMES = vitjax.list_models(family="hf_vit")
 SLOW = ("large", "huge")
@@ -27,7 +47,7 @@ def params(names):
 
 def reference(name: str, seed: int = 0, **overrides) -> ViTModel:
     torch.manual_seed(seed)
-    return randomize(ViTModel(hf_config(name, **overrides), add_pooling_layer=True).eval(), seed)
+    return randomize(ViTModel(hf_published_config(name, **overrides), add_pooling_layer=True).eval(), seed)
 
 
 def test_hf_ids_listed():
@@ -55,7 +75,9 @@ def test_parity(name, parity_results):
     }
     record(parity_results, "hf_vit", name, errs)
     assert max(errs.values()) <= TOL, errs
-    assert_round_trip(model, sd, "hf", ViTModel(hf_config(name), add_pooling_layer=True))
+    with torch.device("meta"):
+        fresh = ViTModel(hf_published_config(name), add_pooling_layer=True)
+    assert_round_trip(model, sd, "hf", fresh)
 
 
 @pytest.mark.parametrize("name", params(NAMES))
@@ -99,10 +121,41 @@ def test_transformers_4_names_load_in_transformers(tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
     assert np.array_equal(np.asarray(again(x)), np.asarray(model(x)))
 
-    hf_config(name, depth=2).save_pretrained(tmp_path)
+    hf_published_config(name, depth=2).save_pretrained(tmp_path)
     save_file(v4, str(tmp_path / "model.safetensors"))
     loaded, info = ViTModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     with torch.no_grad():
         want = loaded.eval()(pixel_values=torch.from_numpy(x).permute(0, 3, 1, 2)).pooler_output
     assert rel_err(model(x), want) <= TOL
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parity_float64(name, parity_results):
+    """Every id in float64 on both sides at two blocks (depth is covered by the parameter counts) and a
+    non-square size: last_hidden_state and the pooler within 1e-9 (a wrong eps or activation form is ~1e-7)."""
+    p = HF_PUBLISHED[name]["patch_size"]
+    size = (4 * p, 3 * p)
+    ref = reference(name, seed=2, depth=2, img_size=size).double()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    with torch.no_grad():
+        out = ref(pixel_values=x)
+    with jax.enable_x64(True):
+        model = float64(vitjax.create_model(name, depth=2, img_size=size, abstract=True))
+        converters.from_torch(model, ref.state_dict(), source="hf")
+        feats = model.forward_features(nchw_to_nhwc(x))
+        errs = {
+            "last_hidden_state": rel_err64(feats, out.last_hidden_state),
+            "pooler_output": rel_err64(model.forward_head(feats), out.pooler_output),
+        }
+    record(parity_results, "hf_vit (float64)", name, errs)
+    assert max(errs.values()) <= TOL_F64, errs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_verify_config_is_the_published_one(name):
+    """``python -m converters verify`` / ``demo`` build their reference from vitjax's table
+    (``converters.verify.hf_config``): every field must equal the published config's."""
+    ours = hf_config(name).to_dict()
+    for key, value in (HF_PUBLISHED_COMMON | HF_PUBLISHED[name]).items():
+        assert ours[key] == value, (key, ours[key], value)

@@ -36,7 +36,20 @@ import converters
 import vitjax
 from converters.engine import expected_torch_shapes
 from converters.tables import tables_for
-from tests.parity.reference import TOL, assert_round_trip, nchw_to_nhwc, nhwc, randomize, record, rel_err
+from tests.parity.reference import (
+    FP32_TOL,
+    TOL_F64,
+    assert_round_trip,
+    float64,
+    nchw_to_nhwc,
+    nhwc,
+    randomize,
+    record,
+    rel_err,
+    rel_err64,
+)
+
+TOL = FP32_TOL["maxxvit"]
 
 # the round trip loads into timm models on the meta device: strict about keys and shapes, no copies
 pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
@@ -145,12 +158,30 @@ def test_structure(name):
 
 @pytest.mark.parametrize("name", params(NAMES, lambda n: n not in REPRESENTATIVE))
 def test_parity_reduced_size(name, parity_results):
-    """The registered architecture at a small non-square input (timm accepts it: partitions become 2x3)."""
+    """The registered architecture at a small non-square input (timm accepts it: partitions become 2x3), in
+    float32 and then in float64 on both sides (within TOL_F64: a wrong eps, activation form or layout shows)."""
     ref = timm_model(name, img_size=REDUCED)
     sd = ref.state_dict()
     model = ours(name, sd, img_size=REDUCED)
     compare(name, ref, model, torch.randn(2, 3, *REDUCED), parity_results, f" {REDUCED}")
     assert_round_trip(model, sd, "timm", meta_model(name, img_size=REDUCED))
+    errs = compare_float64(ref, name, img_size=REDUCED)
+    record(parity_results, f"{FAMILY} (float64)", f"{name} {REDUCED}", errs)
+    assert max(errs.values()) <= TOL_F64, errs
+
+
+def compare_float64(ref: torch.nn.Module, name: str, **kw) -> dict[str, float]:
+    """forward_features, logits and pre-logits of ``ref.double()`` against ours built in float64 from it."""
+    ref = ref.double()
+    x = torch.randn(2, 3, *REDUCED, dtype=torch.float64)
+    with torch.no_grad():
+        feats = ref.forward_features(x)
+        want = {"features": nhwc(feats), "logits": ref.forward_head(feats), "pre_logits": ref.forward_head(feats, True)}
+    with jax.enable_x64(True):
+        model = float64(vitjax.create_model(name, abstract=True, **kw))
+        converters.from_torch(model, ref.state_dict(), source="timm")
+        got = dict(zip(want, jitted(model, _outputs)(nchw_to_nhwc(x)), strict=True))
+        return {k: rel_err64(got[k], want[k]) for k in want}
 
 
 @pytest.mark.parametrize("name", params(NAMES, lambda n: not n.startswith("test_")))

@@ -69,3 +69,27 @@ def test_crop_box_rule():
         left, top, right, bottom = data.crop_box(40, 30, (0.08, 1.0), (3 / 4, 4 / 3), rng)
         assert 0 <= left < right <= 40 and 0 <= top < bottom <= 30
     assert data.crop_box(40, 30, (1.0, 1.0), (1.0, 1.0), rng) == (5, 0, 35, 30)  # fallback: centre crop
+
+
+def test_image_folder_matches_torchvision(tmp_path):
+    """Class order, file order and labels equal torchvision's ``ImageFolder`` on the same tree: class names
+    that sort differently by case and digits, every extension torchvision reads (any case), files it skips."""
+    from torchvision.datasets import ImageFolder
+
+    rng = np.random.default_rng(1)
+    exts = (".png", ".JPG", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".TIFF")
+    for split in ("train", "val"):
+        for c, cls in enumerate(("b", "B", "a_2", "a10", "10", "9", "Zebra")):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                ext = exts[(c + i) % len(exts)]
+                mode = "L" if ext == ".pgm" else "RGB"
+                arr = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(arr).convert(mode).save(tmp_path / split / cls / f"{i}_{c}{ext}")
+            (tmp_path / split / cls / "notes.txt").write_text("not an image")
+    d = data.image_folder(tmp_path)
+    for split, ours in (("train", d.train), ("val", d.val)):
+        ref = ImageFolder(str(tmp_path / split))
+        assert d.num_classes == len(ref.classes) == 7
+        assert [str(p) for p in ours.images] == [p for p, _ in ref.samples]
+        assert ours.labels.tolist() == [y for _, y in ref.samples]

@@ -33,6 +33,23 @@ def _env(devices: int) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def spawn():
+    """``subprocess.Popen`` whose processes are killed when the test ends, passed, failed or timed out (a
+    ``--steps 100000`` run must not outlive a failed assertion)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args, **kw) -> subprocess.Popen:
+        procs.append(subprocess.Popen(*args, **kw))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.communicate(timeout=60)
+
+
 def _wait_for_step(workdir: Path, proc: subprocess.Popen, step: int, timeout: float = 240) -> int:
     end = time.time() + timeout
     while time.time() < end:
@@ -45,11 +62,11 @@ def _wait_for_step(workdir: Path, proc: subprocess.Popen, step: int, timeout: fl
     raise AssertionError(f"no step {step} after {timeout} s")
 
 
-def test_sigkill_then_restart_reproduces_losses_bitwise(tmp_path):
+def test_sigkill_then_restart_reproduces_losses_bitwise(tmp_path, spawn):
     steps = ["--steps", "200", "--ckpt-every", "25"]
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
     subprocess.run(_cmd(ref_dir, *steps), env=_env(2), check=True, capture_output=True, timeout=600)
-    proc = subprocess.Popen(_cmd(run_dir, *steps), env=_env(2), stderr=subprocess.PIPE, text=True)
+    proc = spawn(_cmd(run_dir, *steps), env=_env(2), stderr=subprocess.PIPE, text=True)
     reached = _wait_for_step(run_dir, proc, 60)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -62,8 +79,8 @@ def test_sigkill_then_restart_reproduces_losses_bitwise(tmp_path):
     assert got == ref  # bit-identical, interruption and all
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    proc = subprocess.Popen(_cmd(tmp_path, "--steps", "100000"), env=_env(1), stderr=subprocess.PIPE, text=True)
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, spawn):
+    proc = spawn(_cmd(tmp_path, "--steps", "100000"), env=_env(1), stderr=subprocess.PIPE, text=True)
     _wait_for_step(tmp_path, proc, 20)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -79,11 +96,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
+def test_two_processes_match_one_process(tmp_path, spawn):
     addr = f"127.0.0.1:{_free_port()}"
     wd = tmp_path / "multi"
     procs = [
-        subprocess.Popen(
+        spawn(
             _cmd(wd, "--steps", "6", "--coordinator-address", addr, "--num-processes", "2", "--process-id", str(i)),
             env=_env(4),
             stderr=subprocess.PIPE,
@@ -101,3 +118,21 @@ def test_two_processes_match_one_process(tmp_path):
     for s in ref:
         assert got[s] == pytest.approx(ref[s], rel=1e-5), s
     print("\n2 processes vs 1: worst loss rel err", max(abs(got[s] - ref[s]) / ref[s] for s in ref))
+
+
+def test_non_finite_exit_code_and_skip_policy(tmp_path):
+    """``python -m train`` exits 3 naming the step when the loss turns non-finite (``--nan-policy stop``, the
+    default); with ``--nan-policy skip`` it reports each skipped update and finishes with exit code 0."""
+    blow_up = ["--steps", "6", "--lr", "1e30", "--warmup-steps", "0", "--log-every", "3", "--eval-batch-size", "120"]
+    r = subprocess.run(_cmd(tmp_path / "stop", *blow_up), env=_env(1), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "[train] stopped: non-finite loss or gradient at step" in r.stderr
+    r = subprocess.run(
+        _cmd(tmp_path / "skip", *blow_up, "--nan-policy", "skip"),
+        env=_env(1),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "non-finite loss/gradient, update skipped" in r.stderr

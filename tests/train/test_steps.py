@@ -188,3 +188,57 @@ def test_backbone_without_classifier_is_refused():
     """A model with no head (HF ViTModel, num_classes=0) gets a clear error, not a division by zero."""
     with pytest.raises(ValueError, match="--num-classes"):
         make_train_step(None, {}, None, None, num_classes=0, mean=(0.5,), std=(0.5,))
+
+
+def test_label_smoothing_values_match_torch():
+    """The smoothed targets hold 1 - e + e/K at the label and e/K elsewhere, and the training loss on them
+    (softmax cross-entropy, as the train step computes it) equals torch's ``cross_entropy(label_smoothing=e)``."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 10)).astype(np.float32) * 3
+    labels = np.array([0, 3, 9, 3, 5, 1])
+    for eps in (0.0, 0.1, 0.3):
+        y = np.asarray(smooth_one_hot(jnp.asarray(labels), 10, eps))
+        want = np.full((6, 10), eps / 10, np.float32)
+        want[np.arange(6), labels] += 1 - eps
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=0)
+        ours = float(optax.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(y)).mean())
+        ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), label_smoothing=eps)
+        assert ours == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_batchnorm_statistics_after_a_train_step_match_torch():
+    """After one train step the running mean / variance in the state equal torch's BatchNorm2d (train mode,
+    momentum 0.1, unbiased variance) run on the same pre-BatchNorm activations."""
+    import torch
+
+    from train.steps import normalize
+
+    model = TinyBN(rngs=nnx.Rngs(1))
+    model.train()
+    train_def, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    params, stats, rest = (nnx.to_pure_dict(t) for t in (params, stats, rest))
+    lr = optim.schedule(1e-2, 10)
+    tx = optim.make_optimizer(params, opt="adamw", lr_schedule=lr, weight_decay=0.0)
+    st = state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=stats,
+        opt_state=tx.init(params),
+        ema={},
+        key=jax.random.key_data(jax.random.key(0)),
+    )
+    step = make_train_step(train_def, rest, tx, lr, num_classes=10, mean=MEAN, std=STD)
+    batch = _batch(16, 16, seed=3)
+    s, _ = jax.jit(step)(st, batch, jax.random.key(0))
+    pre_bn = np.asarray(model.conv(normalize(jnp.asarray(batch["image"]), MEAN, STD, jnp.float32)))  # B, H, W, C
+    bn = torch.nn.BatchNorm2d(8).train()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.from_numpy(np.asarray(stats["bn"]["mean"])))
+        bn.running_var.copy_(torch.from_numpy(np.asarray(stats["bn"]["var"])))
+        bn(torch.from_numpy(pre_bn).permute(0, 3, 1, 2))
+    got = jax.device_get(s.batch_stats)["bn"]
+    np.testing.assert_allclose(got["mean"], bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["var"], bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    assert int(got["num_batches_tracked"]) == int(bn.num_batches_tracked) == 1
