@@ -458,3 +458,15 @@ def test_bombs_are_refused_within_a_capped_address_space(files, tmp_path):
     bad = {k: v for k, v in got.items() if v["result"] not in ("refused", "exit") or not v["names_file"]}
     bad |= {k: v for k, v in got.items() if _WHY[k] not in v.get("message", "")}
     assert not bad, "\n".join(f"{k}: {v}" for k, v in bad.items())
+
+
+def test_msgpack_leaves_must_be_arrays_of_numbers(tmp_path):
+    from flax import serialization
+
+    path = tmp_path / "flax_model.msgpack"
+    path.write_bytes(serialization.msgpack_serialize({"params": {"dense": {"kernel": "text"}}}))
+    with pytest.raises(CheckpointError, match=r"flax_model\.msgpack: dense\.kernel is not an array of numbers"):
+        load_msgpack(path)
+    path.write_bytes(serialization.msgpack_serialize({"params": {"dense": {"kernel": [[1.0], [2.0, 3.0]]}}}))
+    with pytest.raises(CheckpointError, match=r"flax_model\.msgpack: not a Flax msgpack checkpoint"):
+        load_msgpack(path)
