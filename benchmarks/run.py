@@ -308,8 +308,9 @@ def bench_memory(case: dict, args: argparse.Namespace) -> dict:
 
 
 def bench_convert(case: dict) -> dict[str, dict]:
-    """Convert a random checkpoint written to a temporary ``.safetensors`` file, once through converters' own
-    reader (memory-mapped) and once through a reader that copies each tensor out with ``preadv``."""
+    """Convert a random checkpoint written to a temporary ``.safetensors`` file with converters' reader
+    (``converters.io.SafetensorsFile``) in both of its modes: memory-mapped, and each tensor copied out with
+    ``preadv`` (the default, ``converters.io.SAFETENSORS_READ``)."""
     out = {}
     with tempfile.TemporaryDirectory(prefix="vitjax-bench-") as tmp:
         path = str(Path(tmp) / "model.safetensors")

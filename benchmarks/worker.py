@@ -13,13 +13,9 @@ from __future__ import annotations
 import json
 import os
 import resource
-import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-
-import numpy as np
 
 RESULT = "RESULT "
 
@@ -66,37 +62,6 @@ class Sampler(threading.Thread):
         return self.peak
 
 
-class PreadSafetensors(Mapping[str, np.ndarray]):
-    """A safetensors file read tensor by tensor with ``preadv`` into fresh arrays, without a memory map (so the
-    file's pages stay in the page cache and out of this process's resident set)."""
-
-    DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32", "U8": "uint8"}
-
-    def __init__(self, path: str):
-        self._fd = os.open(path, os.O_RDONLY)
-        (n,) = struct.unpack("<Q", os.pread(self._fd, 8, 0))
-        header = json.loads(os.pread(self._fd, n, 8))
-        header.pop("__metadata__", None)
-        self._base, self._header = 8 + n, header
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        info = self._header[key]
-        start, end = info["data_offsets"]
-        out = np.empty(info["shape"], self.DTYPES[info["dtype"]])
-        if os.preadv(self._fd, [memoryview(out).cast("B")], self._base + start) != end - start:
-            raise OSError(f"short read of {key}")
-        return out
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._header)
-
-    def __len__(self) -> int:
-        return len(self._header)
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v["shape"]) for k, v in self._header.items()}
-
-
 def memory(job: dict) -> dict:
     case, task, batch = job["case"], job["task"], job["batch"]
     if job["side"] == "jax":
@@ -140,6 +105,7 @@ def convert(job: dict) -> dict:
 
     import converters
     import vitjax
+    from converters.io import SafetensorsFile
 
     case = job["case"]
     jax.numpy.zeros(()).block_until_ready()  # start the backend before the baseline
@@ -148,8 +114,8 @@ def convert(job: dict) -> dict:
     sampler.start()
     t0 = time.perf_counter()
     model = vitjax.create_model(case["name"], abstract=True, **case["overrides"])
-    source = PreadSafetensors(job["path"]) if job.get("reader") == "pread" else job["path"]
-    converters.from_torch(model, source, source=job["source"])
+    reader = SafetensorsFile(job["path"], read=job.get("reader", "mmap"))  # the converters' own reader
+    converters.from_torch(model, reader, source=job["source"])
     jax.block_until_ready(nnx.state(model, nnx.Param))
     seconds = time.perf_counter() - t0
     peaks = sampler.stop()

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax import numpy as jnp
 
-from converters.engine import ConversionError, Table, check, expected_torch_shapes, plan, weights
+from converters.engine import ConversionError, Table, check, expected_torch_shapes, plan, unwrap, weights
 from converters.io import CheckpointError, load_state_dict, save_safetensors, shapes_of, to_numpy
 from converters.tables import tables_for
 
@@ -41,16 +41,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _PREFIXES = {"hf": ("vit.",)}  # ViTForImageClassification wraps ViTModel as `vit.`
-
-
-def _unwrap(model: nnx.Module) -> tuple[nnx.Module, str]:
-    """(the model that carries the registry name, the path prefix of its weights)."""
-    inner = getattr(model, "model", None)
-    if isinstance(inner, nnx.Module) and hasattr(inner, "family"):
-        return inner, "model."  # features_only wrapper: timm's FeatureGetterNet keys are `model.*` too
-    if not hasattr(model, "family"):
-        raise ConversionError("converters work on models made by vitjax.create_model (this one has no family)")
-    return model, ""
 
 
 def _strip(sd: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
@@ -87,11 +77,11 @@ def from_torch(
     """
     what = str(state_dict) if isinstance(state_dict, str | os.PathLike) else "state_dict"
     sd = load_state_dict(state_dict) if isinstance(state_dict, str | os.PathLike) else state_dict
-    inner, prefix = _unwrap(model)
+    inner, prefix = unwrap(model)
     sd = _strip(sd, "model.") if prefix else sd
     for p in _PREFIXES.get(source, ()):
         sd = _strip(sd, p)
-    table = _choose_table(inner, tables_for(inner.family, source), sd.keys())
+    table = _choose_table(inner, tables_for(inner, source), sd.keys())
     steps = [st for st in plan(inner, table) if st.jax_key not in keep]
     shapes = shapes_of(sd)
     if prefix:  # features_only: the pruned layers and the head of a full checkpoint are not needed
@@ -125,13 +115,13 @@ def from_torch(
 def to_torch(model: nnx.Module, target: str = "timm") -> dict[str, np.ndarray]:
     """The model's weights as a ``target`` ("timm" / "hf") state_dict of numpy arrays, loadable with
     ``load_state_dict(..., strict=True)`` after ``torch.from_numpy``."""
-    inner, _ = _unwrap(model)
-    return to_torch_with(model, tables_for(inner.family, target)[0])
+    inner, _ = unwrap(model)
+    return to_torch_with(model, tables_for(inner, target)[0])
 
 
 def to_torch_with(model: nnx.Module, table: Table) -> dict[str, np.ndarray]:
     """:func:`to_torch` with an explicit naming table (e.g. transformers-4 names for the HF ViT)."""
-    inner, prefix = _unwrap(model)
+    inner, prefix = unwrap(model)
     targets = weights(inner)
     out: dict[str, np.ndarray] = {}
     for st in plan(inner, table):
@@ -175,7 +165,7 @@ def _signature(name: str, source: str) -> dict[str, tuple[int, ...]]:
     import vitjax
 
     model = vitjax.create_model(name, abstract=True)
-    return expected_torch_shapes(model, tables_for(model.family, source)[0])
+    return expected_torch_shapes(model, tables_for(model, source)[0])
 
 
 def _score(have: set, want: set) -> float:

@@ -123,6 +123,20 @@ def _leaf(leaf: str, ndim: int) -> tuple[str, Transform]:
 
 
 # -- the model side ---------------------------------------------------------------------------------------------
+def unwrap(model: nnx.Module) -> tuple[nnx.Module, str]:
+    """(the model that carries the registry name and family, the path prefix of its weights in a checkpoint).
+
+    A ``features_only`` model (vitjax's ``FeatureGetter``) wraps the network as ``model``, with prefix
+    ``"model."`` as timm's ``FeatureGetterNet`` keys; any other model must come from ``vitjax.create_model``.
+    """
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nnx.Module) and hasattr(inner, "family"):
+        return inner, "model."
+    if not hasattr(model, "family"):
+        raise ConversionError("converters work on models made by vitjax.create_model (this one has no family)")
+    return model, ""
+
+
 def weights(model: nnx.Module) -> dict[str, nnx.Variable]:
     """Every weight of a model (parameters and BatchNorm statistics) by dotted path."""
     return {

@@ -58,6 +58,13 @@ def load_msgpack(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: not a Flax msgpack checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(tree, Mapping):
         raise CheckpointError(f"{path}: not a Flax msgpack checkpoint (found {type(tree).__name__})")
-    if set(tree) == {"params"}:  # a variables dict rather than its params collection
+    if set(tree) == {"params"} and isinstance(tree["params"], Mapping):  # a variables dict, not its params
         tree = tree["params"]
-    return flax_to_torch_layout(tree)
+    try:
+        flat = _flatten(tree)
+    except (RecursionError, ValueError, TypeError) as e:  # nested too deeply, ragged or odd leaves
+        raise CheckpointError(f"{path}: not a Flax msgpack checkpoint ({type(e).__name__}: {e})") from None
+    for key, value in flat.items():
+        if value.dtype.kind not in "biuf" or value.dtype.hasobject:
+            raise CheckpointError(f"{path}: {key} is not an array of numbers (found {value.dtype})")
+    return flax_to_torch_layout(flat)

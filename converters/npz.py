@@ -31,16 +31,21 @@ models that have it (the Hugging Face in21k ids).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import jax
 import numpy as np
 from flax import nnx
+from jax import numpy as jnp
 
-from converters.engine import ConversionError, weights
+from converters import other_classifier
+from converters.adapt import fresh_weights
+from converters.engine import ConversionError, unwrap, weights
 from converters.io import CheckpointError, atomic_write
 from converters.resample import TIMM_NPZ, resample_abs_pos_embed, resample_patch_embed
 
@@ -131,26 +136,63 @@ def _entries(model: nnx.Module, names: _Names, block: Callable[[int], str], num_
     return out
 
 
-def _unwrap(model: nnx.Module) -> tuple[nnx.Module, bool]:
-    inner = getattr(model, "model", None)
-    if isinstance(inner, nnx.Module) and hasattr(inner, "family"):
-        return inner, True
-    return model, False
-
-
 def _check_family(inner: nnx.Module) -> None:
     if getattr(inner, "family", None) not in FAMILIES:
         raise ConversionError(f"the original ViT .npz layout holds {FAMILIES} models, not {inner.family}")
 
 
-def _detect(keys: set[str]) -> tuple[str, Layout, bool]:
+def _detect(keys: set[str], path: Path) -> tuple[str, Layout, bool]:
     """(prefix, layout, scanned) of an npz checkpoint, as timm's _load_weights detects them."""
     prefix = next((p for p in _PREFIXES if f"{p}embedding/kernel" in keys), None)
     if prefix is None:
-        raise CheckpointError("not an original ViT checkpoint: no embedding/kernel (under any known prefix)")
+        raise CheckpointError(f"{path}: not an original ViT checkpoint: no embedding/kernel (under any known prefix)")
     scanned = f"{prefix}Transformer/encoderblock/LayerNorm_0/scale" in keys
     big_vision = prefix.startswith("params/") or f"{prefix}pos_embedding" in keys or scanned
     return prefix, ("big_vision" if big_vision else "vit"), scanned
+
+
+MIN_MEMBER_LIMIT = 256 * 2**20
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _open_npz(path: Path, limit: int) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    """The open ``NpzFile`` and every array's shape, read from the members' ``.npy`` headers without loading
+    any data. Refused (a :class:`CheckpointError` naming the file): anything but a zip of ``.npy`` arrays of
+    numbers, an array whose header claims more bytes than its member holds, and a member larger than
+    ``limit`` bytes once inflated (a zip bomb: no weight of the model, even resampled, is that large)."""
+    import zipfile
+
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy / zipfile raise many types on damaged files
+        raise CheckpointError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise CheckpointError(f"{path}: not a .npz archive (a single .npy array)")
+    shapes = {}
+    try:
+        for key in npz.files:
+            info = npz.zip.getinfo(key + ".npy") if key + ".npy" in npz.zip.namelist() else npz.zip.getinfo(key)
+            if info.file_size > limit:
+                raise CheckpointError(f"{path}: {key} would inflate to {info.file_size:,} bytes; refused (zip bomb?)")
+            with npz.zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = _NPY_HEADERS.get(version)
+                if read_header is None:
+                    raise CheckpointError(f"{path}: {key} is a .npy of version {version}, not of numbers")
+                shape, _, dtype = read_header(f)
+                header_end = f.tell()
+            if dtype.kind not in "biuf" or dtype.hasobject:
+                raise CheckpointError(f"{path}: {key} holds {dtype}, not numbers")
+            if math.prod(shape) * dtype.itemsize > info.file_size - header_end:
+                raise CheckpointError(f"{path}: {key} claims {shape} {dtype}, more than its {info.file_size} bytes")
+            shapes[key] = tuple(shape)
+    except CheckpointError:
+        npz.close()
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        npz.close()
+        raise CheckpointError(f"{path}: a damaged .npz archive ({type(e).__name__}: {e})") from e
+    return npz, shapes
 
 
 def load_npz(
@@ -161,37 +203,36 @@ def load_npz(
 ) -> nnx.Module:
     """Fill a ViT from an original ``.npz`` checkpoint (strict: every weight filled, every parameter of the
     file used, except ``pre_logits`` for models without it and a head of another size)."""
-    from converters import other_classifier
-    from converters.hub import fresh_weights
-
     path = Path(path)
-    inner, features = _unwrap(model)
+    inner, wrapper = unwrap(model)
+    features = bool(wrapper)
     _check_family(inner)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable .npz file ({e})") from e
+    targets = weights(inner)
+    model_bytes = sum(math.prod(v.get_value().shape) * v.get_value().dtype.itemsize for v in targets.values())
+    npz, shapes = _open_npz(path, limit=max(MIN_MEMBER_LIMIT, 2 * model_bytes))
     with npz:
         keys = set(npz.files)
-        prefix, layout, scanned = _detect(keys)
+        prefix, layout, scanned = _detect(keys, path)
         names = _LAYOUTS[layout]
 
         def block(i: int) -> str:
             return "Transformer/encoderblock/" if scanned else f"Transformer/encoderblock_{i}/"
 
         def read(key: str, i: int | None) -> np.ndarray:
-            a = npz[key]
+            try:
+                a = npz[key]
+            except Exception as e:  # zipfile / zlib / numpy errors of a damaged member
+                raise CheckpointError(f"{path}: {key} cannot be read ({type(e).__name__}: {e})") from e
             return a[i] if scanned and key.startswith(f"{prefix}Transformer/encoderblock/") else a
 
         cfg = inner.cfg
-        targets = weights(inner)
         entries = {e.jax: e for e in _entries(inner, names, block, cfg.num_heads)}
         uncovered = sorted(set(targets) - set(entries))
         if uncovered:
             raise ConversionError(f"{path}: the original ViT layout has no weights for {uncovered}")
         used, values, problems, fresh = set(), {}, [], []
         heads = (("head.weight", "head.kernel", "head/kernel"), ("head.bias", "head.bias", "head/bias"))
-        ck = {t: npz[prefix + n].shape[::-1] for t, _, n in heads if prefix + n in keys}  # torch's (K, D), (K,)
+        ck = {t: tuple(shapes[prefix + n])[::-1] for t, _, n in heads if prefix + n in keys}  # torch's (K, D), (K,)
         mk = {t: targets[j].get_value().shape[::-1] for t, j, _ in heads if j in targets}
         other_head = other_classifier(ck, mk, str(path))
         for key in targets:
@@ -223,7 +264,7 @@ def load_npz(
             unused = [k for k in unused if not k.startswith(("opt/", "params/"))]
         if features:  # a features_only model takes the blocks it kept and nothing after them
             unused = []
-        problems += [f"  unexpected {k} {npz[k].shape}" for k in unused]
+        problems += [f"  unexpected {k} {shapes[k]}" for k in unused]
         if problems:
             raise ConversionError(
                 f"{path} does not fit {inner.model_name} (original ViT layout):\n" + "\n".join(problems)
@@ -233,8 +274,6 @@ def load_npz(
             raise ConversionError(f"{path}: its head does not fit the model and no initialiser was given for it")
         for k, v in fresh_weights(init, fresh).items():
             targets[k].set_value(v)
-    from jax import numpy as jnp
-
     for key, value in values.items():
         targets[key].set_value(jnp.asarray(value.astype(targets[key].get_value().dtype, copy=False)))
     return model
@@ -242,9 +281,8 @@ def load_npz(
 
 def to_npz(model: nnx.Module, layout: Layout = "vit") -> dict[str, np.ndarray]:
     """The weights of a ViT as an original checkpoint's arrays (``layout="big_vision"``: ``params/`` names)."""
-    import jax
-
-    inner, features = _unwrap(model)
+    inner, wrapper = unwrap(model)
+    features = bool(wrapper)
     if features:
         raise ConversionError("export the full model, not its features_only wrapper")
     _check_family(inner)

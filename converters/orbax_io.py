@@ -26,21 +26,15 @@ import jax
 import numpy as np
 from flax import nnx
 
-from converters.engine import ConversionError, weights
+from converters import to_torch
+from converters.adapt import load_state_dict_into
+from converters.engine import ConversionError, unwrap, weights
 from converters.io import CheckpointError
+from converters.tables import sources_for
 
 META = "vitjax.json"
 FORMAT = "vitjax-checkpoint"
 VERSION = 1
-
-
-def _unwrap(model: nnx.Module) -> tuple[nnx.Module, bool]:
-    inner = getattr(model, "model", None)
-    if isinstance(inner, nnx.Module) and hasattr(inner, "family"):
-        return inner, True
-    if not hasattr(model, "family"):
-        raise ConversionError("vitjax checkpoints hold models made by vitjax.create_model")
-    return model, False
 
 
 def _jsonable(v: Any) -> Any:
@@ -78,7 +72,8 @@ def save(model: nnx.Module, out: str | os.PathLike, *, extra: dict[str, Any] | N
 
     import vitjax
 
-    inner, features = _unwrap(model)
+    inner, prefix = unwrap(model)
+    features = bool(prefix)
     if features:
         raise ConversionError("save the full model, not its features_only wrapper")
     out = Path(out).absolute()
@@ -119,6 +114,9 @@ def save(model: nnx.Module, out: str | os.PathLike, *, extra: dict[str, Any] | N
     return out
 
 
+_DTYPES = {"float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint32", "uint8", "bool"}
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two directories atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unsupported."""
     import ctypes
@@ -132,16 +130,44 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a vitjax checkpoint directory, checked field by field (a :class:`CheckpointError`
+    naming the directory and the field otherwise)."""
     path = Path(path)
     try:
         meta = json.loads((path / META).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not a vitjax checkpoint directory ({e})") from e
-    if meta.get("format") != FORMAT or not (path / "state").is_dir():
+    except (OSError, ValueError, RecursionError) as e:  # missing, not UTF-8, not JSON, nested too deeply
+        raise CheckpointError(f"{path}: not a vitjax checkpoint directory ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not (path / "state").is_dir():
         raise CheckpointError(f"{path}: not a vitjax checkpoint directory (bad manifest or no state/)")
-    if meta.get("version", 0) > VERSION:
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: bad manifest: version {version!r}")
+    if version > VERSION:
         raise CheckpointError(f"{path}: written by a newer vitjax (format version {meta['version']})")
+    bad = _bad_meta(meta)
+    if bad:
+        raise CheckpointError(f"{path}: bad manifest ({META}): {bad}")
     return meta
+
+
+def _bad_meta(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's fields (None if nothing)."""
+    for key in ("model", "family"):
+        if not isinstance(meta.get(key), str):
+            return f"{key} is {meta.get(key)!r}, not a name"
+    if not isinstance(meta.get("overrides", {}), dict):
+        return "overrides is not a mapping"
+    if not isinstance(meta.get("pretrained_cfg") or {}, dict):
+        return "pretrained_cfg is not a mapping"
+    weights_ = meta.get("weights")
+    if not isinstance(weights_, dict) or not weights_:
+        return "no weights listed"
+    for k, entry in weights_.items():
+        ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list)
+        ok = ok and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry[0])
+        if not ok or entry[1] not in _DTYPES:
+            return f"weight {k}: {entry!r} is not [shape, dtype]"
+    return None
 
 
 def _restore_tree(path: Path, meta: dict[str, Any], shardings: dict[str, Any] | None = None) -> dict[str, jax.Array]:
@@ -167,14 +193,12 @@ def restore(
 ) -> nnx.Module:
     """Fill ``model`` from a vitjax checkpoint directory (see the module docstring)."""
     import vitjax
-    from converters import to_torch
-    from converters.hub import load_state_dict_into
-    from converters.tables import sources_for
 
     path = Path(path)
     meta = read_meta(path)
-    inner, features = _unwrap(model)
-    if meta["family"] != inner.family:
+    inner, prefix = unwrap(model)
+    features = bool(prefix)
+    if meta["family"].partition("+")[0] != inner.family:  # (older manifests carry maxxvit's layout suffix)
         raise ConversionError(
             f"{path} holds a {meta['model']} ({meta['family']} family); it cannot fill a {inner.model_name}"
         )
@@ -192,7 +216,13 @@ def restore(
             var.set_value(tree[k].astype(var.get_value().dtype))
         return model
     # another size / classifier: go through the torch naming, which knows how to adapt
-    source = vitjax.create_model(meta["model"], abstract=True, **_overrides_from_json(meta["overrides"]))
+    try:
+        source = vitjax.create_model(meta["model"], abstract=True, **_overrides_from_json(meta["overrides"]))
+    except (ValueError, TypeError) as e:  # an unknown model, or overrides its config refuses
+        raise CheckpointError(f"{path}: its manifest names a model that cannot be built ({e})") from e
+    declared = {k: tuple(v.get_value().shape) for k, v in weights(source).items()}
+    if {k: s for k, (s, _) in saved.items()} != declared:  # what is read is bounded by the model's size
+        raise CheckpointError(f"{path}: its manifest lists other weights than its model ({meta['model']}) has")
     tree = _restore_tree(path, meta)
     for k, var in weights(source).items():
         var.set_value(tree[k])

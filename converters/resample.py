@@ -287,7 +287,7 @@ def apply_filter(
     family: str, source: str, sd: MutableMapping[str, Any], target: Target, resize: Resize | None = None
 ) -> MutableMapping[str, Any]:
     """Resample the size-dependent tensors of ``sd`` for ``target``, in place (only the tensors that change
-    are read: pass a lazy view such as :class:`converters.hub.StateDictView` to keep the rest on disk)."""
+    are read: pass a lazy view such as :class:`converters.adapt.StateDictView` to keep the rest on disk)."""
     entry = FILTERS.get((family, source))
     if entry is None:
         return sd

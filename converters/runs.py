@@ -6,7 +6,7 @@ A run directory (``--workdir``) holds ``config.json`` (the :class:`~train.config
 ``ckpt/<step>/`` (orbax: the whole train state). Only the weights are read from a step (the optimizer state is
 not), raw or EMA.
 
-Filling a model from a run goes the way of every other checkpoint (:func:`converters.hub.load_state_dict_into`):
+Filling a model from a run goes the way of every other checkpoint (:func:`converters.adapt.load_state_dict_into`):
 a model of the run's own shapes is filled directly, bit for bit; one of another ``img_size``, ``patch_size`` or
 ``num_classes`` gets the run's weights under their torch names, resampled and with a fresh head exactly as a
 timm checkpoint would be. ``vitjax.create_model(name, pretrained=RUN_DIR)`` and ``python -m converters to-torch
@@ -136,7 +136,7 @@ def load_run_into(
     describing them (the run's input size, the model's classifier)."""
     from converters import to_torch
     from converters.engine import ConversionError, weights
-    from converters.hub import load_state_dict_into
+    from converters.adapt import load_state_dict_into
     from converters.tables import sources_for
     from vitjax.pretrained import get_pretrained_cfg
 

@@ -1,4 +1,4 @@
-"""Streaming safetensors in and out: one tensor at a time, in either direction.
+"""Streaming a model out to safetensors, one tensor at a time (reading is :class:`converters.io.SafetensorsFile`).
 
 :func:`converters.to_torch` returns the whole state_dict, which doubles the memory of a large model.
 :func:`save_torch` instead computes the file's header from the conversion plan (names, shapes, dtypes), then
@@ -19,60 +19,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from converters.engine import plan, weights
+from converters.engine import plan, unwrap, weights
 from converters.io import atomic_write
 from converters.tables import tables_for
-
-
-class SafetensorsReader(Mapping[str, np.ndarray]):
-    """A lazy state_dict over a safetensors file that reads each tensor with ``pread`` into its own array.
-
-    Unlike a memory map, pages read this way are not mapped into the process, so a conversion's resident
-    memory stays at the converted copy (the OS may still cache the file, reclaimably). ``BF16`` tensors are
-    widened to float32 (numpy has no bfloat16)."""
-
-    _NP = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1"}
-    _NP |= {"U8": "u1", "BOOL": "?", "BF16": "<u2"}
-
-    def __init__(self, path: str | os.PathLike):
-        from converters.io import CheckpointError, _check_safetensors_header
-
-        self.path = Path(path)
-        _check_safetensors_header(self.path)  # size, header and truncation checks
-        with open(self.path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        self._base = 8 + n
-        self._meta = header
-        for k, v in header.items():
-            if v.get("dtype") not in self._NP:
-                raise CheckpointError(f"{self.path}: tensor {k} has unsupported dtype {v.get('dtype')}")
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        info = self._meta[key]
-        start, end = info["data_offsets"]
-        out = np.empty(tuple(info["shape"]), np.dtype(self._NP[info["dtype"]]))
-        buf = memoryview(out.reshape(-1).view(np.uint8))
-        with open(self.path, "rb", buffering=0) as f:
-            got = os.preadv(f.fileno(), [buf], self._base + start) if end > start else 0
-        if got != end - start:
-            from converters.io import CheckpointError
-
-            raise CheckpointError(f"{self.path}: tensor {key} is truncated")
-        if info["dtype"] == "BF16":
-            out = (out.astype(np.uint32) << 16).view(np.float32)
-        return out
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._meta)
-
-    def __len__(self) -> int:
-        return len(self._meta)
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v["shape"]) for k, v in self._meta.items()}
-
 
 _DTYPES = {
     np.dtype(np.float64): "F64",
@@ -116,10 +65,8 @@ class _Lazy(Mapping[str, np.ndarray]):
 def torch_tensors(model: nnx.Module, target: str = "timm") -> dict[str, tuple[tuple[int, ...], np.dtype, object]]:
     """``{torch key: (shape, dtype, producer)}`` for the model's ``target`` state_dict; ``producer()`` converts
     that one tensor (the same arrays :func:`converters.to_torch` returns)."""
-    inner = getattr(model, "model", None)
-    prefix = "model." if isinstance(inner, nnx.Module) and hasattr(inner, "family") else ""
-    inner = inner if prefix else model
-    table = tables_for(inner.family, target)[0]
+    inner, prefix = unwrap(model)
+    table = tables_for(inner, target)[0]
     targets = weights(inner)
     out: dict = {}
     for st in plan(inner, table):

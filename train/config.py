@@ -256,20 +256,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_file(path: str) -> dict[str, Any]:
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
+class ConfigError(ValueError):
+    """A ``--config`` file that cannot be read, or does not hold a mapping of known field names."""
 
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+
+def load_file(path: str) -> dict[str, Any]:
+    """The fields a YAML (plain data only: no Python tags, no aliases) or JSON config file sets."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # safe_load without aliases: "billion laughs" would expand exponentially
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.events.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "aliases are not accepted", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
+    try:
+        text = Path(path).read_text()
+        values = yaml.load(text, Loader) if path.endswith((".yaml", ".yml")) else json.loads(text)
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:  # ValueError: JSON, UTF-8
+        raise ConfigError(f"{path}: not a readable config file ({type(e).__name__}: {e})") from None
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file holds a mapping of field names, not a {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(str(k) for k in values if k not in known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown fields {unknown} (python -m train --help lists them)")
+    if not isinstance(values.get("model_args", {}), dict):
+        raise ConfigError(f"{path}: model_args is not a mapping")
+    return values
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     where = args.pop("config", None)
-    values: dict[str, Any] = load_file(where) if where else {}
+    try:
+        values: dict[str, Any] = load_file(where) if where else {}
+    except ConfigError as e:
+        raise SystemExit(f"python -m train: {e}") from None
     for name, allowed in choices().items():
         if name in values and values[name] not in allowed:
             parser.error(f"{where}: {name}: invalid choice {values[name]!r} (choose from {list(allowed)})")

@@ -37,7 +37,8 @@ class LoadReport:
 def _source_shapes(model: nnx.Module, spec: Any, *, step: int | None, ema: bool) -> tuple[dict, str] | None:
     """The checkpoint's tensors (torch names -> shapes) and their naming, or None where no cheap view exists."""
     from converters import to_torch
-    from converters.hub import _detect_naming, read_state_dict, resolve
+    from converters.adapt import _detect_naming
+    from converters.hub import read_state_dict, resolve
     from converters.io import shapes_of
     from converters.tables import sources_for
 
@@ -68,7 +69,8 @@ def load_weights(
     """Fill ``model`` from anything ``create_model(pretrained=...)`` takes, or a run directory (``ema``: its EMA
     weights, ``step``: another than the latest); report what was loaded, resampled and re-initialised."""
     from converters.engine import expected_torch_shapes
-    from converters.hub import _classifier_prefixes, _table_for, load_pretrained
+    from converters.adapt import _classifier_prefixes, _table_for
+    from converters.hub import load_pretrained
 
     inner = getattr(model, "model", model)
     before = _source_shapes(model, spec, step=step, ema=ema)

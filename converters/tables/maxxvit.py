@@ -11,7 +11,7 @@ Which layers timm builds as 1x1 convs:
 * with a ``NormMlpClassifierHead`` and ``global_pool=''``: ``head.pre_logits.fc`` and ``head.fc``, family
   ``maxxvit+conv_head``.
 
-``MaxxVit.family`` names the family from the config, so one table per combination is registered.
+:func:`tables` picks the table from the model's config; one is built per combination.
 
 timm's ``features_only=True`` model (``FeatureListNet``) stores the stages flattened as ``stages_{s}.*`` with no
 prefix; each family has a second table with that naming, which ``converters.from_torch`` picks for such a
@@ -63,13 +63,22 @@ def _table(name: str, nchw_attn: bool, conv_head: bool, features: bool) -> Table
                  rules=rules)  # fmt: skip
 
 
-def _family(nchw_attn: bool, conv_head: bool) -> str:
+def _layout(nchw_attn: bool, conv_head: bool) -> str:
     return "maxxvit" + ("+nchw_attn" if nchw_attn else "") + ("+conv_head" if conv_head else "")
 
 
-TABLES = {
-    (_family(n, h), "timm"): [_table(f"timm-{_family(n, h)}", n, h, f) for f in (False, True)]
+_TABLES = {
+    (n, h): [_table(f"timm-{_layout(n, h)}", n, h, f) for f in (False, True)]
     for n in (False, True)
     for h in (False, True)
 }
-TIMM = TABLES[("maxxvit", "timm")][0]
+TIMM = _TABLES[(False, False)][0]
+
+
+def tables(cfg) -> list[Table]:
+    """The timm tables (full model, then features_only naming) for a ``MaxxVitConfig``: timm's weight layout
+    depends on ``transformer_cfg.use_nchw_attn`` and on a ``NormMlpClassifierHead`` without pooling
+    (``head_hidden_size`` set, ``global_pool=""``)."""
+    nchw_attn = bool(cfg.transformer_cfg.use_nchw_attn)
+    conv_head = bool(cfg.head_hidden_size) and not cfg.global_pool
+    return _TABLES[(nchw_attn, conv_head)]

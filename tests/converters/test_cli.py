@@ -17,7 +17,8 @@ from transformers import ViTModel
 import vitjax
 from converters import orbax_io
 from converters.__main__ import EXIT_CHECKPOINT, EXIT_OK, EXIT_PARITY, EXIT_USAGE, main
-from converters.stream import SafetensorsReader, save_torch
+from converters.io import SafetensorsFile
+from converters.stream import save_torch
 from tests.converters.helpers import fwd, hf_vit_config, image, nchw_to_nhwc, rel_err, save_sd
 from tests.parity.reference import TOL, randomize
 
@@ -123,7 +124,7 @@ def test_hf_export_loads_strictly_in_transformers(tmp_path):
     out = save_torch(model, tmp_path / "export.safetensors", "hf")
     fresh = ViTModel(hf_vit_config(name, depth=2), add_pooling_layer=True)
     fresh.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(str(out)).items()}, strict=True)
-    reader = SafetensorsReader(out)  # the streamed file reads back with vitjax's own reader too
+    reader = SafetensorsFile(out)  # the streamed file reads back with vitjax's own reader too
     assert all(np.array_equal(reader[k], v.numpy()) for k, v in hf.state_dict().items())
 
 

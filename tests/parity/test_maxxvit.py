@@ -150,7 +150,7 @@ def test_structure(name):
     """Every key and shape of timm's state_dict (buffers included), and the parameter count."""
     model = vitjax.create_model(name, abstract=True)
     want = {k: tuple(v.shape) for k, v in meta_model(name).state_dict().items()}
-    got = expected_torch_shapes(model, tables_for(model.family, "timm")[0])
+    got = expected_torch_shapes(model, tables_for(model, "timm")[0])
     assert got == want
     count = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert count == n_params(name)
@@ -271,14 +271,14 @@ def test_config_paths(name, timm_kw, conv, transformer, parity_results):
 @pytest.mark.parametrize("head_first", [True, False])
 def test_nchw_attention_layout(head_first, parity_results):
     """``use_nchw_attn``: timm's attention blocks are ``PartitionAttention2d`` with 1x1-conv weights (and
-    ``Attention2d``'s qkv split); ours stay channels-last Linear layers (family ``maxxvit+nchw_attn``)."""
+    ``Attention2d``'s qkv split); ours stay channels-last Linear layers (table ``timm-maxxvit+nchw_attn``)."""
     t_kw = dict(transformer_use_nchw_attn=True, transformer_head_first=head_first)
     ref = timm_model("test_maxvit", **t_kw)
     sd = ref.state_dict()
     assert sd["stages.0.blocks.0.attn_grid.attn.qkv.weight"].ndim == 4
     tcfg = replace(vitjax.get_spec("test_maxvit").config().transformer_cfg, use_nchw_attn=True, head_first=head_first)
     model = ours("test_maxvit", sd, transformer_cfg=tcfg)
-    assert model.family == "maxxvit+nchw_attn"
+    assert tables_for(model, "timm")[0].name == "timm-maxxvit+nchw_attn"
     compare("test_maxvit", ref, model, torch.randn(2, 3, 160, 160), parity_results, f" {t_kw}")
     assert_round_trip(model, sd, "timm", meta_model("test_maxvit", **t_kw))
     with pytest.raises(converters.ConversionError):  # the channels-last layout does not fit this model
@@ -306,7 +306,7 @@ def test_heads(name, head_hidden, pool, num_classes, parity_results):
     sd = ref.state_dict()
     model = ours(name, sd, **kw)
     if head_hidden and not pool and num_classes:
-        assert model.family == "maxxvit+conv_head"
+        assert tables_for(model, "timm")[0].name == "timm-maxxvit+conv_head"
         assert sd["head.fc.weight"].ndim == 4
     h, w = ref.img_size
     compare(name, ref, model, torch.randn(2, 3, h, w), parity_results, f" {kw}")

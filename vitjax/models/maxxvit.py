@@ -601,23 +601,6 @@ class MaxxVit(ClassifierMixin, nnx.Module):
             self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.global_pool, cfg.drop_rate, rngs=rngs)
         self.head_hidden_size = self.head.num_features
 
-    # -- the converter family ---------------------------------------------------------------------------------
-    @property
-    def family(self) -> str:
-        """The registry family, suffixed where timm's weight layout depends on the config: ``+nchw_attn``
-        (``use_nchw_attn``: attention-block qkv/proj/MLP are 1x1 convs) and ``+conv_head`` (a pool-less
-        NormMlpClassifierHead is 1x1 convs). ``converters/tables/maxxvit.py`` has a table for each."""
-        fam = self._family
-        if self.cfg.transformer_cfg.use_nchw_attn:
-            fam += "+nchw_attn"
-        if self.cfg.head_hidden_size and not self.cfg.global_pool and self.head is not None:
-            fam += "+conv_head"
-        return fam
-
-    @family.setter
-    def family(self, value: str) -> None:
-        self._family = value
-
     # -- input sizes ------------------------------------------------------------------------------------------
     def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """The (H, W) of the stem and every stage output for an input of this size; a ValueError when timm's
