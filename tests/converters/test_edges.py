@@ -18,7 +18,7 @@ import converters
 import vitjax
 from converters.__main__ import EXIT_CHECKPOINT, EXIT_OK, main
 from converters.npz import save_npz
-from tests.converters.helpers import fwd, hf_vit_config, image, nchw_to_nhwc, rel_err, save_sd
+from tests.converters.helpers import fwd, image, nchw_to_nhwc, rel_err, save_sd
 from tests.parity.reference import TOL, randomize
 
 NAME = "test_vit_relpos"  # timm's own tiny test model (96 wide, 9 blocks, 160 px, 1000 classes)
@@ -99,7 +99,14 @@ def test_hf_pooler_follows_the_hidden_size(tmp_path):
         "google/vit-large-patch16-224-in21k",
         dict(embed_dim=192, depth=3, num_heads=3, img_size=64, patch_size=8),
     )
-    hf = randomize(ViTModel(hf_vit_config(name, **small), add_pooling_layer=True).eval(), seed=2)
+    from transformers import ViTConfig
+
+    from tests.parity.reference import HF_PUBLISHED_COMMON
+
+    # the large id's published config, shrunk as the overrides shrink it (vitjax keeps mlp_ratio 4)
+    shrunk = dict(hidden_size=192, num_hidden_layers=3, num_attention_heads=3, intermediate_size=768)
+    cfg = ViTConfig(**(HF_PUBLISHED_COMMON | shrunk | dict(image_size=64, patch_size=8)))
+    hf = randomize(ViTModel(cfg, add_pooling_layer=True).eval(), seed=2)
     assert hf.pooler.dense.weight.shape == (192, 192)
     path = save_sd(hf.state_dict(), tmp_path / "hf.safetensors")
     model = vitjax.create_model(name, pretrained=path, **small)
