@@ -135,8 +135,8 @@ def load_run_into(
     """Fill ``model`` (from ``create_model``, abstract or not) with a run's weights; returns the pretrained config
     describing them (the run's input size, the model's classifier)."""
     from converters import to_torch
-    from converters.engine import ConversionError, weights
     from converters.adapt import load_state_dict_into
+    from converters.engine import ConversionError, weights
     from converters.tables import sources_for
     from vitjax.pretrained import get_pretrained_cfg
 

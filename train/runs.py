@@ -68,8 +68,8 @@ def load_weights(
 ) -> LoadReport:
     """Fill ``model`` from anything ``create_model(pretrained=...)`` takes, or a run directory (``ema``: its EMA
     weights, ``step``: another than the latest); report what was loaded, resampled and re-initialised."""
-    from converters.engine import expected_torch_shapes
     from converters.adapt import _classifier_prefixes, _table_for
+    from converters.engine import expected_torch_shapes
     from converters.hub import load_pretrained
 
     inner = getattr(model, "model", model)
