@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from train.config import parse_args
+from train.heap import keep_freed_memory
 from train.loop import NonFiniteError, run
-from vitjax.xla_cpu import keep_freed_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,5 +20,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # re-executes once with glibc's heap kept between steps (vitjax.xla_cpu)
+    keep_freed_memory()  # re-executes once with glibc's heap kept between steps (train.heap)
     sys.exit(main())

@@ -12,34 +12,21 @@ from flax import nnx
 from jax import numpy as jnp
 
 from vitjax.sharding import CONV_IN, CONV_OUT, Axes, param, with_axes
-from vitjax.xla_cpu import conv_general_dilated
+from vitjax.xla_cpu import conv_general_dilated, dense
 
 _trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class Dense(nnx.Linear):
-    """``nnx.Linear``; compiled for the CPU, computed on the 2-D view ``(prod(leading axes), in)`` of its input,
-    with the same values.
-
-    It is for the gradient. The weight gradient of a Linear on tokens ``(B, N, C)`` contracts two axes; XLA:CPU
-    computes that by first writing one operand transposed (in a ViT's training step, the input or the output
-    gradient of every Linear, 0.7 s of a vit_medium_patch16_reg4_gap_256 step's thread time). On the 2-D view it
-    contracts one axis in place: that step at batch 8 went from 2.99 to 2.58 s. Other backends keep the N-D
-    form: on a TPU, merging batch and tokens changes the tiled layout (a copy, not a free reshape); compiled for
-    v5e:2x2 (bf16, FSDP over 4 chips, batch 256), that step's temporaries were 8.06 GiB per chip with the 2-D
-    view and are 5.38 GiB without it. With ``out_sharding`` the N-D form is kept everywhere.
-    """
+    """``nnx.Linear``; compiled for the CPU, computed on the 2-D view ``(prod(leading axes), in)`` of its input
+    (:func:`vitjax.xla_cpu.dense`), with the same values. With ``out_sharding`` the N-D form is kept everywhere."""
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
         linear = super().__call__
         if inputs.ndim <= 2 or out_sharding is not None:
             return linear(inputs, out_sharding)
-
-        def flat(x):
-            return linear(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)  # ..., out
-
-        return jax.lax.platform_dependent(inputs, cpu=flat, default=linear)
+        return dense(linear, inputs)
 
 
 def Linear(
