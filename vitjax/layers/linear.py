@@ -1,8 +1,7 @@
-"""Dense and convolution layers with vitjax's initialisers and logical axis names.
+"""Dense layers and parameters with vitjax's initialisers and logical axis names (convolutions:
+:mod:`vitjax.layers.conv`).
 
-Flax layouts: a Linear kernel is ``[in, out]`` (torch ``weight.T``); a Conv kernel is ``[kh, kw, in/groups, out]``
-(torch ``weight.transpose(2, 3, 1, 0)``). Convolutions take NHWC inputs and explicit, PyTorch-style symmetric
-padding (see :func:`get_padding`), never XLA's ``'SAME'``.
+Flax layout: a Linear kernel is ``[in, out]`` (torch ``weight.T``).
 """
 
 from __future__ import annotations
@@ -11,11 +10,10 @@ import jax
 from flax import nnx
 from jax import numpy as jnp
 
-from vitjax.sharding import CONV_IN, CONV_OUT, Axes, param, with_axes
-from vitjax.xla_cpu import conv_general_dilated, dense
+from vitjax.sharding import Axes, param, with_axes
+from vitjax.xla_cpu import dense
 
 _trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
-_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class Dense(nnx.Linear):
@@ -44,42 +42,6 @@ def Linear(
         use_bias=bias,
         kernel_init=with_axes(_trunc_normal, axes),
         bias_init=with_axes(nnx.initializers.zeros_init(), (axes[1],)),
-        rngs=rngs,
-    )
-
-
-def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
-    """PyTorch-style symmetric padding (per side) that timm uses for odd kernels."""
-    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
-
-
-def Conv(
-    in_features: int,
-    out_features: int,
-    kernel_size: int,
-    *,
-    stride: int = 1,
-    padding: int | None = None,
-    dilation: int = 1,
-    groups: int = 1,
-    bias: bool = True,
-    axes: Axes = (None, None, CONV_IN, CONV_OUT),
-    rngs: nnx.Rngs,
-) -> nnx.Conv:
-    """A 2-D NHWC convolution with timm's symmetric padding unless ``padding`` is given."""
-    pad = get_padding(kernel_size, stride, dilation) if padding is None else padding
-    return nnx.Conv(
-        in_features,
-        out_features,
-        kernel_size=(kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        feature_group_count=groups,
-        conv_general_dilated=conv_general_dilated,  # depthwise convs as shifted slices on the CPU
-        use_bias=bias,
-        kernel_init=with_axes(_conv_init, axes),
-        bias_init=with_axes(nnx.initializers.zeros_init(), (axes[-1],)),
         rngs=rngs,
     )
 
