@@ -9,8 +9,8 @@ from converters.io import CheckpointError
 from train.checkpoint import WorkdirError
 from train.config import parse_args
 from train.data import ImageError
+from train.heap import keep_freed_memory
 from train.loop import NonFiniteError, run
-from vitjax.xla_cpu import keep_freed_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,5 +28,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # re-executes once with glibc's heap kept between steps (vitjax.xla_cpu)
+    keep_freed_memory()  # re-executes once with glibc's heap kept between steps (train.heap)
     sys.exit(main())

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from vitjax.xla_cpu import keep_freed_memory
+    from train.heap import keep_freed_memory
 
     keep_freed_memory()  # re-executes once with glibc's heap kept between steps
     sys.exit(main())

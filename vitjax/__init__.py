@@ -3,6 +3,17 @@
 from vitjax import data, pretrained, xla_cpu
 from vitjax.pretrained import list_pretrained
 from vitjax.registry import create_model, get_spec, list_models
+from vitjax.xla_cpu import set_cpu_kernels, use_cpu_kernels
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "data", "get_spec", "list_models", "list_pretrained", "pretrained", "xla_cpu"]
+__all__ = [
+    "create_model",
+    "data",
+    "get_spec",
+    "list_models",
+    "list_pretrained",
+    "pretrained",
+    "set_cpu_kernels",
+    "use_cpu_kernels",
+    "xla_cpu",
+]

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vitjax.xla_cpu import HEAP_TUNABLES
+from train.heap import HEAP_TUNABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--models", "vit_tiny_patch16_224", "--override", "depth=1", "--override", "img_size=32"]
@@ -29,7 +29,7 @@ def test_benchmark_runs_end_to_end(tmp_path):
     res = json.loads(out.read_text())
 
     assert res["peak"]["peak_gflops"] > 0
-    # both sides ran in the re-executed process, with glibc's heap kept between calls (vitjax.xla_cpu)
+    # both sides ran in the re-executed process, with glibc's heap kept between calls (train.heap)
     assert set(HEAP_TUNABLES) <= set(res["env"]["glibc_tunables"].split(":"))
     (model,) = res["models"]
     assert model["errors"] == {}

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax import numpy as jnp
 
-from vitjax.layers.attention import _normalised, _unnormalised, attend
+from vitjax.layers.attention import attend
+from vitjax.xla_cpu import _normalised, _unnormalised
 
 B, H, N, D = 2, 3, 7, 4  # N != D, so the two divisions have different shapes
 

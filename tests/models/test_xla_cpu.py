@@ -64,6 +64,12 @@ def test_options_per_platform():
     assert compiler_options("tpu") is None and compiler_options("gpu") is None
     lowered = jax.jit(jax.grad(_f)).lower(jnp.ones(3)).as_text()
     assert "optimization_barrier" in lowered  # the cotangent's barrier, on the CPU lowering
+    vitjax.set_cpu_kernels(False)
+    try:
+        assert compiler_options("cpu") is None
+        assert "optimization_barrier" not in jax.jit(jax.grad(_f)).lower(jnp.ones(3)).as_text()
+    finally:
+        vitjax.set_cpu_kernels(True)
 
 
 def _fused_instructions(depth: int, opts: dict | None) -> int:
@@ -88,9 +94,15 @@ def test_backward_linear_in_depth():
     from 12 to 24 blocks with the options, 46k -> 149k without; the test compares 6 and 12 blocks."""
     opts = compiler_options("cpu")
     with_opts = _fused_instructions(6, opts), _fused_instructions(12, opts)
-    without = _fused_instructions(6, None), _fused_instructions(12, None)
     assert with_opts[1] / with_opts[0] < 2.25, with_opts
-    assert without[1] / without[0] > 2.5, without  # the pathology is still there without them
+
+
+@pytest.mark.canary
+def test_canary_backward_quadratic_in_depth_without_the_boundary():
+    """XLA:CPU still duplicates the residual cotangent's adds without the boundary's options (when this fails after
+    an upgrade, :func:`vitjax.xla_cpu.grad_boundary` may have become unnecessary)."""
+    without = _fused_instructions(6, None), _fused_instructions(12, None)
+    assert without[1] / without[0] > 2.5, without
 
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -201,11 +213,12 @@ def _transposed_copies(loss, activations: list[tuple[int, ...]], *args) -> list[
     return [w for w in written if w in moved]
 
 
+TOKENS = jnp.ones((4, 50, 32))
+
+
 def test_weight_gradients_contract_in_place():
     """The gradient of a 1x1 convolution and of a Linear on tokens contracts batch and space (tokens) in place:
-    XLA:CPU writes no transposed copy of the input or of the output gradient, and runs no convolution. Through
-    XLA's own convolution, and nnx's own Linear, it does (if an XLA upgrade stops doing so, the workarounds in
-    ``conv_general_dilated`` and ``Dense`` can go)."""
+    XLA:CPU writes no transposed copy of the input or of the output gradient, and runs no convolution."""
     x, w = jnp.ones((4, 16, 16, 32)), jnp.ones((1, 1, 32, 48))
     maps = [(4, 16, 16, 32), (4, 16, 16, 48)]
 
@@ -215,18 +228,34 @@ def test_weight_gradients_contract_in_place():
     hlo = jax.jit(jax.grad(conv_loss(conv_general_dilated), (0, 1))).lower(x, w).compile().as_text()
     assert " convolution(" not in hlo
     assert _transposed_copies(conv_loss(conv_general_dilated), maps, x, w) == []
-    assert _transposed_copies(conv_loss(jax.lax.conv_general_dilated), maps, x, w) != []
+    layer = Dense(32, 48, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(layer(TOKENS), nnx.Linear.__call__(layer, TOKENS), rtol=1e-6)
+    loss, state = _linear_loss(Dense)
+    assert _transposed_copies(loss, [(4, 50, 32), (4, 50, 48)], state, TOKENS) == []
 
-    tokens = jnp.ones((4, 50, 32))
-    for cls, copies in ((Dense, False), (nnx.Linear, True)):
-        layer = cls(32, 48, rngs=nnx.Rngs(0))
-        graph, state = nnx.split(layer)
 
-        def lin_loss(state, t, graph=graph):
-            return jnp.sum(jnp.sin(nnx.merge(graph, state)(t)))
+def _linear_loss(cls):
+    graph, state = nnx.split(cls(32, 48, rngs=nnx.Rngs(0)))
 
-        np.testing.assert_allclose(layer(tokens), nnx.Linear.__call__(layer, tokens), rtol=1e-6)
-        assert bool(_transposed_copies(lin_loss, [(4, 50, 32), (4, 50, 48)], state, tokens)) is copies, cls
+    def lin_loss(state, t):
+        return jnp.sum(jnp.sin(nnx.merge(graph, state)(t)))
+
+    return lin_loss, state
+
+
+@pytest.mark.canary
+def test_canary_weight_gradients_transpose_without_the_two_d_view():
+    """Through XLA's own convolution and nnx's own Linear, XLA:CPU still writes transposed copies (when this fails
+    after an upgrade, the 2-D views of ``conv_general_dilated`` and ``Dense`` may have become unnecessary)."""
+    x, w = jnp.ones((4, 16, 16, 32)), jnp.ones((1, 1, 32, 48))
+    maps = [(4, 16, 16, 32), (4, 16, 16, 48)]
+
+    def conv_loss(x, w):
+        return jnp.sum(jnp.sin(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)))
+
+    assert _transposed_copies(conv_loss, maps, x, w) != []
+    loss, state = _linear_loss(nnx.Linear)
+    assert _transposed_copies(loss, [(4, 50, 32), (4, 50, 48)], state, TOKENS) != []
 
 
 def _dot_operands(fn, *args, platform: str) -> list[str]:
@@ -270,10 +299,15 @@ def _ynn_convolutions(opts: dict | None) -> int:
 
 
 def test_options_keep_convolutions_out_of_ynnpack():
-    """With XLA's defaults the convolution is a YNNPACK fusion; with the options it is not (an XLA upgrade that
-    renames the option or its values fails here, not silently)."""
-    assert _ynn_convolutions(None) == 1
+    """With the options the convolution is no YNNPACK fusion."""
     assert _ynn_convolutions(compiler_options("cpu")) == 0
+
+
+@pytest.mark.canary
+def test_canary_ynnpack_takes_convolutions_by_default():
+    """With XLA's defaults the convolution is a YNNPACK fusion (an XLA upgrade that renames the fusion types or
+    changes the default fails here)."""
+    assert _ynn_convolutions(None) == 1
 
 
 POOLS = [  # H, W, kernel, stride, pads
@@ -305,111 +339,77 @@ def test_max_pool_equals_reduce_window(h, w, k, s, pads, ties):
     np.testing.assert_allclose(vjp(cot)[0], ref_vjp(cot)[0], rtol=1e-6, atol=1e-6)
 
 
-_FAULTS_PER_CALL = """
-import os, resource, sys
-from vitjax.xla_cpu import keep_freed_memory
-keep_freed_memory()
-import jax, jax.numpy as jnp
-a = jnp.ones((4096, 256))
-# each call holds a 64 MiB temporary (a @ a.T): 16384 pages of 4 KiB, 32 huge pages, above glibc's mmap threshold
-f = jax.jit(lambda a: jnp.sum((a @ a.T) @ a[:, :8]))
-f(a).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
-    f(a).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
-print("RESULT", repr(os.environ.get("GLIBC_TUNABLES", "")), faults)
-"""
-
-
-def _faults_per_call(**env_extra) -> tuple[str, float]:
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "VITJAX_HEAP", "XLA_FLAGS")}
-    out = subprocess.run(
-        [sys.executable, "-c", _FAULTS_PER_CALL],
-        env={**env, **env_extra},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    _, tunables, faults = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")).split()
-    return tunables.strip("'"), float(faults)
-
-
-def test_keep_freed_memory_reexecutes_without_page_faults_per_call():
-    from vitjax.xla_cpu import HEAP_TUNABLES
-
-    tunables, kept = _faults_per_call()
-    assert tunables.split(":") == list(HEAP_TUNABLES)
-    default_tunables, default = _faults_per_call(VITJAX_HEAP="default")
-    assert default_tunables == ""
-    # glibc unmaps the temporary (16384 pages) after each call and the next call faults it in again; with the
-    # tunables the re-executed process reuses it (measured: 0.25 against 16,400 faults a call)
-    assert default > 16384
-    assert kept < default / 100
-
-
-def _transparent_huge_pages() -> str:
-    """The kernel's THP mode (always, madvise or never); never where the kernel has no THP."""
-    from pathlib import Path
-
-    try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return "never"
-    return text.split("[", 1)[1].split("]", 1)[0]
-
-
-def test_huge_page_mode_replaces_the_kept_heap_and_faults_huge_pages():
-    from vitjax.xla_cpu import HUGE_PAGE_TUNABLES
-
-    # another program's tunable stays; the kept mode's are replaced
-    other, kept_key = "glibc.malloc.tcache_count=9", "glibc.malloc.mmap_max=0"
-    tunables, huge = _faults_per_call(VITJAX_HEAP="hugepages", GLIBC_TUNABLES=f"{other}:{kept_key}")
-    assert tunables.split(":") == [other, *HUGE_PAGE_TUNABLES]
-    _, default = _faults_per_call(VITJAX_HEAP="default")
-    if _transparent_huge_pages() == "never":
-        # glibc's madvise has no effect: the temporary is mapped and faulted in 4 KiB pages on every call
-        assert huge > default / 2
-    else:
-        # the 64 MiB temporary is mapped anew on every call, in 32 huge pages (measured: 66 against 16,400)
-        assert huge < default / 20
-
-
-def test_unknown_heap_mode_is_an_error(monkeypatch):
-    from vitjax.xla_cpu import heap_mode, keep_freed_memory
-
-    monkeypatch.setenv("VITJAX_HEAP", "huge")
-    with pytest.raises(ValueError, match="VITJAX_HEAP='huge': expected one of kept, hugepages, default"):
-        keep_freed_memory()
-    monkeypatch.setenv("VITJAX_HEAP", "hugepages")
-    assert heap_mode() == "hugepages"
-
-
-@pytest.mark.parametrize(
-    "platforms, nodes, reexecutes",
-    [("cpu", ["/dev/accel0"], True), ("tpu", [], False), ("cuda,cpu", [], False), (None, [], True)]
-    + [(None, ["/dev/accel0"], False), (None, ["/dev/nvidia0"], False), (None, ["/dev/vfio/0"], False)],
-)
-def test_keep_freed_memory_acts_only_where_jax_runs_on_the_cpu(monkeypatch, platforms, nodes, reexecutes):
-    import fnmatch
-    import os
-
+def test_switch_reads_the_environment(monkeypatch):
     from vitjax import xla_cpu
 
-    if platforms is None:
-        monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-    else:
-        monkeypatch.setenv("JAX_PLATFORMS", platforms)
-    monkeypatch.delenv("VITJAX_HEAP", raising=False)
-    monkeypatch.setenv("GLIBC_TUNABLES", "")
-    monkeypatch.setattr(xla_cpu.glob, "glob", lambda pattern: fnmatch.filter(nodes, pattern))
-    calls = []
-    monkeypatch.setattr(xla_cpu.os, "execv", lambda *args: calls.append(args))
-    xla_cpu.keep_freed_memory()
-    assert bool(calls) == reexecutes
-    assert (os.environ["GLIBC_TUNABLES"] == ":".join(xla_cpu.HEAP_TUNABLES)) == reexecutes
+    for value, on in (("0", False), ("1", True)):
+        monkeypatch.setenv("VITJAX_CPU_KERNELS", value)
+        assert xla_cpu._from_environment() is on
+    monkeypatch.delenv("VITJAX_CPU_KERNELS")
+    assert xla_cpu._from_environment() is True
+    monkeypatch.setenv("VITJAX_CPU_KERNELS", "off")
+    with pytest.raises(ValueError, match="VITJAX_CPU_KERNELS='off': expected 0"):
+        xla_cpu._from_environment()
+
+
+def _our_custom_calls(jaxpr) -> list[str]:
+    """The custom-derivative calls in ``jaxpr`` (nested ones included) whose function is defined in vitjax."""
+    root = vitjax.__file__.rsplit("/", 1)[0] + "/"
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name.startswith("custom_"):
+            source = eqn.params["call_jaxpr"].jaxpr.debug_info.func_src_info
+            if root in source:
+                found.append(source.split(" at ")[0])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    found += _our_custom_calls(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    found += _our_custom_calls(sub)
+    return found
+
+
+SWITCH_MODELS = [  # one per family, each with CPU kernels of its own
+    ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)),
+    ("test_maxvit", dict(img_size=(64, 96))),  # depthwise convolutions, average pools, BatchNorm
+    pytest.param("lambda_resnet26t", dict(img_size=64), marks=pytest.mark.slow),  # BatchNorm, max pooling
+]
+
+
+@pytest.mark.parametrize("name,kw", SWITCH_MODELS, ids=["vit", "maxvit", "lambda_resnet"])
+def test_switch_off_compiles_the_reference_program(name, kw):
+    """With the CPU kernels off, a model's training step (train mode, logits and gradients) compiles for the CPU
+    with no optimization barrier and traces none of our custom derivatives; its outputs are those with the
+    kernels on within 1e-5."""
+    model = vitjax.create_model(name, num_classes=5, **kw)
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    size = kw["img_size"] if isinstance(kw["img_size"], tuple) else (kw["img_size"],) * 2
+    x = jax.random.normal(jax.random.key(0), (2, *size, 3))
+    cot = jax.random.normal(jax.random.key(1), (2, 5))
+
+    def logits(model):
+        out = model(x)
+        return jnp.sum(out * cot), out
+
+    def loss(params, rest):  # rest (BatchNorm's statistics) traced too: the model updates them
+        return logits(nnx.merge(graphdef, params, rest))
+
+    def step(params, rest):
+        return nnx.value_and_grad(logits, has_aux=True)(nnx.merge(graphdef, params, rest))
+
+    results = {}
+    for on in (True, False):
+        vitjax.set_cpu_kernels(on)
+        try:
+            assert vitjax.use_cpu_kernels() is on
+            custom = _our_custom_calls(jax.make_jaxpr(loss)(params, rest).jaxpr)
+            compiled = jax.jit(step, compiler_options=compiler_options()).lower(params, rest).compile()
+            results[on] = compiled(params, rest)
+        finally:
+            vitjax.set_cpu_kernels(True)
+        assert bool(custom) is on, custom
+        assert ("opt-barrier" in compiled.as_text()) is on
+    for got, want in zip(jax.tree.leaves(results[False]), jax.tree.leaves(results[True]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, float(jnp.abs(want).max())))

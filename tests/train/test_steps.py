@@ -17,7 +17,7 @@ from train import mesh as mesh_lib
 from train import optim
 from train import state as state_lib
 from train.steps import make_eval_step, make_train_step, mix, smooth_one_hot
-from vitjax.layers import BatchNorm, Conv, Linear
+from vitjax.layers import BatchNorm, Linear, create_conv2d
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -137,7 +137,8 @@ class TinyBN(nnx.Module):
     """conv -> BatchNorm -> relu -> mean pool -> linear: the smallest BatchNorm classifier."""
 
     def __init__(self, *, rngs: nnx.Rngs):
-        self.conv = Conv(3, 8, 3, stride=2, bias=False, rngs=rngs)  # a bias before BN has no gradient but noise
+        # a bias before BN has no gradient but noise
+        self.conv = create_conv2d(3, 8, 3, stride=2, bias=False, rngs=rngs)
         self.bn = BatchNorm(8)
         self.head = Linear(8, 10, rngs=rngs)
 

@@ -2,9 +2,10 @@
 
 from vitjax.layers.act import get_act
 from vitjax.layers.attention import Attention, DiffAttention, attend
+from vitjax.layers.conv import create_conv2d, get_padding
 from vitjax.layers.drop import Dropout, DropPath, drop_path_rates, maybe
 from vitjax.layers.layer_scale import LayerScale, layer_scale
-from vitjax.layers.linear import Conv, Linear, get_padding
+from vitjax.layers.linear import Linear
 from vitjax.layers.mlp import Mlp
 from vitjax.layers.norm import BatchNorm, LayerNorm, RmsNorm
 from vitjax.layers.patch_embed import PatchEmbed, to_2tuple
@@ -13,7 +14,6 @@ from vitjax.layers.rel_pos import RelPosBias, RelPosMlp, relative_log_coords, re
 __all__ = [
     "Attention",
     "BatchNorm",
-    "Conv",
     "DiffAttention",
     "DropPath",
     "Dropout",
@@ -26,6 +26,7 @@ __all__ = [
     "RelPosMlp",
     "RmsNorm",
     "attend",
+    "create_conv2d",
     "drop_path_rates",
     "get_act",
     "get_padding",

@@ -3,9 +3,8 @@
 timm's ``qkv`` Linear maps C -> 3C and its output is read as ``(3, heads, head_dim)``: rows of the torch
 weight are ``[q; k; v]``, each head-major. We keep that one kernel (so checkpoints map 1:1), project with it as
 one plain matmul and transpose its output to heads-first ``(B, heads, N, head_dim)``, which XLA:CPU runs far
-faster than ``(B, N, heads, head_dim)`` batched matmuls (see shared PERF.md). Projecting straight into the
-heads-first layout with one einsum made XLA:CPU transpose the layer-normed tokens and the kernel instead, and
-took longer (vit_medium_patch16_reg4_gap_256 inference at batch 8: 0.80 -> 0.77 s).
+faster than ``(B, N, heads, head_dim)`` batched matmuls. Projecting straight into the heads-first layout with one
+einsum made XLA:CPU transpose the layer-normed tokens and the kernel instead, which was slower.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from vitjax.layers.drop import Dropout, maybe
 from vitjax.layers.linear import Linear, normal_param
 from vitjax.layers.norm import LayerNorm, RmsNorm
 from vitjax.sharding import EMBED, QKV
+from vitjax.xla_cpu import softmax_parts
 
 
 def attend(
@@ -33,31 +33,14 @@ def attend(
 ) -> jax.Array:
     """softmax(q k^T * scale + bias) v on heads-first tensors ``(B, H, N, D)``.
 
-    On the CPU the softmax's division is applied to the output, ``(exp(l - max) v) / sum(exp(l - max))``: the
-    same values with one pass less over the ``N x N`` weights, the largest tensor here (dropout, when on, drops
-    unnormalised weights, as it would the normalised ones). vit_medium_patch16_reg4_gap_256 inference at batch 8
-    on XLA:CPU: 0.89 -> 0.80 s. Elsewhere it is ``jax.nn.softmax``: its gradient keeps only the normalised
-    weights, and on a TPU the CPU form's training step needs more memory (vit_relpos_base_patch16_clsgap_224, bf16,
-    remat, v5e:2x4 with FSDP 8, batch 3552: 16.86 GiB per chip against 15.17 GiB).
+    On the CPU the softmax's division comes after the PV product (:func:`vitjax.xla_cpu.softmax_parts`).
     """
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k)  # B, H, Nq, Nk
     if bias is not None:
         logits = logits + bias
-    weights, total = jax.lax.platform_dependent(logits, cpu=_unnormalised, default=_normalised)
+    weights, total = softmax_parts(logits)  # softmax and ones; on the CPU exp(l - max) and its sum
     weights = maybe(dropout, weights)
     return jnp.einsum("bhqk,bhkd->bhqd", weights, v) / total  # B, H, Nq, D
-
-
-def _unnormalised(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``exp(l - max)`` and its sum over keys, for the division after PV."""
-    # the maximum only keeps exp in range: the result does not depend on it, so neither does its gradient
-    weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))  # B, H, Nq, Nk
-    return weights, jnp.sum(weights, axis=-1, keepdims=True)  # B, H, Nq, 1
-
-
-def _normalised(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The softmax, and ones to divide by (XLA drops that division)."""
-    return jax.nn.softmax(logits, axis=-1), jnp.ones((*logits.shape[:-1], 1), logits.dtype)
 
 
 def split_qkv(

@@ -11,7 +11,7 @@ import jax
 from flax import nnx
 
 from vitjax.layers.act import Act
-from vitjax.layers.linear import Conv
+from vitjax.layers.conv import create_conv2d
 from vitjax.layers.norm import BatchNorm
 
 
@@ -55,7 +55,7 @@ class ConvNormAct(nnx.Module):
         data_axis: str | None = None,
         rngs: nnx.Rngs,
     ):
-        self.conv = Conv(
+        self.conv = create_conv2d(
             in_chs, out_chs, kernel_size, stride=stride, dilation=dilation, groups=groups, bias=bias, rngs=rngs
         )
         self.bn = BatchNormAct(out_chs, act=act, eps=eps, momentum=momentum, data_axis=data_axis)

@@ -1,8 +1,7 @@
-"""Dense and convolution layers with vitjax's initialisers and logical axis names.
+"""Dense layers and parameters with vitjax's initialisers and logical axis names (convolutions:
+:mod:`vitjax.layers.conv`).
 
-Flax layouts: a Linear kernel is ``[in, out]`` (torch ``weight.T``); a Conv kernel is ``[kh, kw, in/groups, out]``
-(torch ``weight.transpose(2, 3, 1, 0)``). Convolutions take NHWC inputs and explicit, PyTorch-style symmetric
-padding (see :func:`get_padding`), never XLA's ``'SAME'``.
+Flax layout: a Linear kernel is ``[in, out]`` (torch ``weight.T``).
 """
 
 from __future__ import annotations
@@ -11,35 +10,21 @@ import jax
 from flax import nnx
 from jax import numpy as jnp
 
-from vitjax.sharding import CONV_IN, CONV_OUT, Axes, param, with_axes
-from vitjax.xla_cpu import conv_general_dilated
+from vitjax.sharding import Axes, param, with_axes
+from vitjax.xla_cpu import dense
 
 _trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
-_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class Dense(nnx.Linear):
-    """``nnx.Linear``; compiled for the CPU, computed on the 2-D view ``(prod(leading axes), in)`` of its input,
-    with the same values.
-
-    It is for the gradient. The weight gradient of a Linear on tokens ``(B, N, C)`` contracts two axes; XLA:CPU
-    computes that by first writing one operand transposed (in a ViT's training step, the input or the output
-    gradient of every Linear, 0.7 s of a vit_medium_patch16_reg4_gap_256 step's thread time). On the 2-D view it
-    contracts one axis in place: that step at batch 8 went from 2.99 to 2.58 s. Other backends keep the N-D
-    form: on a TPU, merging batch and tokens changes the tiled layout (a copy, not a free reshape); compiled for
-    v5e:2x2 (bf16, FSDP over 4 chips, batch 256), that step's temporaries were 8.06 GiB per chip with the 2-D
-    view and are 5.38 GiB without it. With ``out_sharding`` the N-D form is kept everywhere.
-    """
+    """``nnx.Linear``; compiled for the CPU, computed on the 2-D view ``(prod(leading axes), in)`` of its input
+    (:func:`vitjax.xla_cpu.dense`), with the same values. With ``out_sharding`` the N-D form is kept everywhere."""
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
         linear = super().__call__
         if inputs.ndim <= 2 or out_sharding is not None:
             return linear(inputs, out_sharding)
-
-        def flat(x):
-            return linear(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)  # ..., out
-
-        return jax.lax.platform_dependent(inputs, cpu=flat, default=linear)
+        return dense(linear, inputs)
 
 
 def Linear(
@@ -57,42 +42,6 @@ def Linear(
         use_bias=bias,
         kernel_init=with_axes(_trunc_normal, axes),
         bias_init=with_axes(nnx.initializers.zeros_init(), (axes[1],)),
-        rngs=rngs,
-    )
-
-
-def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
-    """PyTorch-style symmetric padding (per side) that timm uses for odd kernels."""
-    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
-
-
-def Conv(
-    in_features: int,
-    out_features: int,
-    kernel_size: int,
-    *,
-    stride: int = 1,
-    padding: int | None = None,
-    dilation: int = 1,
-    groups: int = 1,
-    bias: bool = True,
-    axes: Axes = (None, None, CONV_IN, CONV_OUT),
-    rngs: nnx.Rngs,
-) -> nnx.Conv:
-    """A 2-D NHWC convolution with timm's symmetric padding unless ``padding`` is given."""
-    pad = get_padding(kernel_size, stride, dilation) if padding is None else padding
-    return nnx.Conv(
-        in_features,
-        out_features,
-        kernel_size=(kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        feature_group_count=groups,
-        conv_general_dilated=conv_general_dilated,  # depthwise convs as shifted slices on the CPU
-        use_bias=bias,
-        kernel_init=with_axes(_conv_init, axes),
-        bias_init=with_axes(nnx.initializers.zeros_init(), (axes[-1],)),
         rngs=rngs,
     )
 

@@ -13,9 +13,9 @@ import functools
 import jax
 from flax import nnx
 from jax import numpy as jnp
-from jax.custom_derivatives import SymbolicZero
 
 from vitjax.sharding import EMBED, param, with_axes
+from vitjax.xla_cpu import batch_norm_train
 
 
 def LayerNorm(dim: int, *, eps: float = 1e-6, axis_name: str | None = EMBED, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -49,12 +49,9 @@ class BatchNorm(nnx.Module):
     * ``momentum`` is torch's (0.1 by default; NNX's own BatchNorm uses ``1 - momentum``).
     * ``data_axis`` names a mapped axis (``shard_map``/``pmap``) over which batch statistics are averaged. Under
       ``jax.jit`` with a batch sharded over a mesh, XLA computes the global statistics already.
-    * compiled for the CPU, train mode has a hand-written gradient: two per-channel reductions (of the output
-      gradient ``g`` and of ``g * xhat``) and one elementwise pass. Differentiated by JAX, XLA:CPU ran about eight
-      reductions over the activation per BatchNorm (450 in halonet50ts's training step, 0.44 s of its thread
-      time). Alone, a BatchNorm's forward and backward over 8x64x64x256 took 20.9 -> 9.8 ms; halonet50ts's
-      training step at batch 8 1.75-1.78 -> 1.58-1.60 s (this project's machine, 2026-12-03). Same forward
-      values; gradients equal to about 1e-7. Other backends, and ``data_axis``, keep JAX's derivative.
+    * compiled for the CPU, train mode has a hand-written gradient (:func:`vitjax.xla_cpu.batch_norm_train`):
+      same forward values, gradients equal to about 1e-7. Other backends, ``data_axis`` and ``VITJAX_CPU_KERNELS=0``
+      keep JAX's derivative.
     Weights: ``scale``/``bias`` (torch ``weight``/``bias``), statistics ``mean``/``var``/``num_batches_tracked``
     (``nnx.BatchStat``; torch ``running_mean``/``running_var``/``num_batches_tracked``).
     """
@@ -86,8 +83,7 @@ class BatchNorm(nnx.Module):
         n = x.size // x.shape[-1]
         if self.data_axis is None:
             train = functools.partial(_batch_norm_train, eps=self.eps)
-            train_cpu = functools.partial(_batch_norm_train_cpu, eps=self.eps)
-            y, mean, var = jax.lax.platform_dependent(x, scale, bias, cpu=train_cpu, default=train)
+            y, mean, var = batch_norm_train(train, x, scale, bias, self.eps)  # the CPU's gradient by hand
         else:
             mean_local, sq, _ = _statistics(x, self.eps)
             mean = jax.lax.pmean(mean_local, self.data_axis)
@@ -125,53 +121,3 @@ def _batch_norm_train(x, scale, bias, *, eps):
     ``x``: ``(y, mean, var)``, differentiated by JAX."""
     mean, var, inv = _statistics(x, eps)
     return _normalise(x, mean, inv, scale, bias), mean, var
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm_train_vjp(x, scale, bias, eps):
-    return _batch_norm_train(x, scale, bias, eps=eps)
-
-
-def _bn_fwd(x, scale, bias, eps):
-    # with symbolic zeros, the primals come wrapped (CustomVJPPrimal); an absent affine part stays None
-    x, scale, bias = (None if p is None else p.value for p in (x, scale, bias))
-    mean, var, inv = _statistics(x, eps)
-    # bias only for its dtype: its gradient is returned in it
-    return (_normalise(x, mean, inv, scale, bias), mean, var), (x, mean, inv, scale, bias)
-
-
-def _bn_bwd(eps, res, cts):
-    """The gradient of batch norm in two reductions (of ``g`` and ``g * xhat``) and one elementwise pass, in
-    float32 at least (as torch accumulates a bf16 BatchNorm's gradient), each result in its primal's dtype; a
-    cotangent of the returned statistics (zero when they only update the running ones) adds its own terms."""
-    x, mean, inv, scale, bias = res
-    g, g_mean, g_var = cts
-    f32 = jnp.promote_types(x.dtype, jnp.float32)
-    axes = tuple(range(x.ndim - 1))
-    n = x.size // x.shape[-1]
-    centred = x.astype(f32) - _channels(mean.astype(f32), x)
-    inv = inv.astype(f32)
-    if isinstance(g, SymbolicZero):
-        dx, dscale, dbias = jnp.zeros(x.shape, f32), jnp.zeros(mean.shape, f32), jnp.zeros(mean.shape, f32)
-    else:
-        g = g.astype(f32)
-        xhat = centred * _channels(inv, x)
-        dbias = jnp.sum(g, axis=axes)
-        dscale = jnp.sum(g * xhat, axis=axes)
-        gain = inv if scale is None else inv * scale.astype(f32)
-        dx = _channels(gain, x) * (g - _channels(dbias / n, x) - xhat * _channels(dscale / n, x))
-    if not isinstance(g_mean, SymbolicZero):
-        dx = dx + _channels(g_mean.astype(f32) / n, x)
-    if not isinstance(g_var, SymbolicZero):
-        dx = dx + centred * _channels(g_var.astype(f32) * (2.0 / n), x)
-    if scale is None:
-        return dx.astype(x.dtype), None, None
-    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
-
-
-_batch_norm_train_vjp.defvjp(_bn_fwd, _bn_bwd, symbolic_zeros=True)
-
-
-def _batch_norm_train_cpu(x, scale, bias, *, eps):
-    """:func:`_batch_norm_train` with a hand-written gradient, for XLA:CPU (see :class:`BatchNorm`)."""
-    return _batch_norm_train_vjp(x, scale, bias, eps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from vitjax.layers.linear import Conv
+from vitjax.layers.conv import create_conv2d
 from vitjax.sharding import EMBED
 
 
@@ -36,7 +36,7 @@ class PatchEmbed(nnx.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.strict_img_size = strict_img_size
         p = self.patch_size[0]
-        self.proj = Conv(
+        self.proj = create_conv2d(
             in_chans, embed_dim, p, stride=p, padding=0, bias=bias, axes=(None, None, None, EMBED), rngs=rngs
         )
 

@@ -48,10 +48,9 @@ def avg_pool2d(
     """``nn.AvgPool2d``. Windows that run past the input (``ceil_mode``) always divide by their in-bounds
     size; ``count_include_pad`` decides whether the symmetric ``padding`` counts.
 
-    On the CPU the result is materialised: fed to a 1x1 convolution (MaxxViT's downsampling shortcut), XLA:CPU
-    otherwise hands the pool, that matmul and the matmuls they are added to (the block's MLP) to YNNPACK as one
-    fusion, which ran at about half the speed of separate ones (maxxvitv2_rmlp_base_rw_224 inference at batch 8,
-    alternating processes, 2026-12-03: 1.61 -> 1.55 s)."""
+    On the CPU the result is materialised (:func:`vitjax.xla_cpu.materialise`): fed to a 1x1 convolution
+    (MaxxViT's downsampling shortcut), XLA:CPU otherwise fuses the pool with the matmuls around it into one slow
+    YNNPACK fusion."""
     return materialise(_avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad))
 
 

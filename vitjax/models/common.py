@@ -47,7 +47,7 @@ _remat_call = nnx.remat(_call_block)
 def run_block(block: nnx.Module, x: jax.Array, *args, remat: bool = False) -> jax.Array:
     """Call a block, rematerialising its activations in the backward pass when ``remat`` (timm's
     gradient checkpointing). The input passes through :func:`vitjax.xla_cpu.grad_boundary`, which keeps the
-    backward pass linear in depth on the CPU; input and output are batch-sharding points
+    backward pass linear in depth on the CPU (a CPU kernel); input and output are batch-sharding points
     (:func:`vitjax.sharding.constrain_batch`)."""
     x = grad_boundary(constrain_batch(x))
     return constrain_batch(_remat_call(block, x, *args) if remat else block(x, *args))

@@ -39,6 +39,7 @@ from vitjax.layers import (
     to_2tuple,
 )
 from vitjax.layers.attention import diff_lambda_init, diff_mix, merge_heads
+from vitjax.layers.classifier import PreLogits
 from vitjax.layers.linear import normal_param, zeros_param
 from vitjax.models.common import ClassifierMixin, feature_take_indices, run_block
 from vitjax.registry import variants
@@ -226,16 +227,6 @@ class ParallelBlock(nnx.Module):
             x_attn = merge_heads(attend(q, k, v, scale=d**-0.5, dropout=self.attn_drop))  # B, N, C
             y = self.attn_out_proj(x_attn) + self.mlp_out_proj(x_mlp)
         return x + maybe(self.drop_path, maybe(self.ls, y))
-
-
-class PreLogits(nnx.Module):
-    """``tanh(fc(x))``: the original ViT's representation layer, HF ViT's pooler."""
-
-    def __init__(self, dim: int, out: int, *, rngs: nnx.Rngs):
-        self.fc = Linear(dim, out, axes=(EMBED, EMBED), rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.tanh(self.fc(x))
 
 
 class VisionTransformer(ClassifierMixin, nnx.Module):
