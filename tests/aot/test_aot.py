@@ -1,7 +1,8 @@
 """Ahead-of-time compilation of the train step for TPU topologies (libtpu's compiler, no TPU needed).
 
 A 2-block ViT-Tiny at 64 px is compiled for ``v5e:2x2`` and ``v4:2x2x1`` under the data-parallel, FSDP and
-tensor-parallel presets; the reports are checked for fit, FLOPs, collectives and host traffic."""
+tensor-parallel presets; the reports are checked for fit, FLOPs, collectives and host traffic. The command is also
+run on a 2-host topology (``v5e:2x4``)."""
 
 from __future__ import annotations
 
@@ -336,3 +337,20 @@ print(json.dumps([jax.config.jax_platforms, sorted(set(os.environ) ^ set(before)
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.splitlines()[-1]) == ["cpu", []]
+
+
+def test_multi_host_topology_compiles(tmp_path, capsys):
+    """``python -m train.aot`` on a 2-host topology (v5e:2x4, 8 chips over 2 hosts; every row of the README's TPU
+    table is multi-host): the step compiles over both hosts' devices, and the report gives 2 hosts and each
+    process's share of the global batch."""
+    topo = aot.topology("v5e:2x4")
+    assert topo.hosts == 2 and {d.process_index for d in topo.devices} == {0, 1}
+    path = tmp_path / "v5e-2x4.json"
+    argv = [*TINY, "--mesh", "fsdp=8", "--sharding", "fsdp", "--batch-size", "32", "--steps", "100"]
+    assert aot.main([*argv, "--topology", "v5e:2x4", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    r = json.loads(path.read_text())
+    assert (r["hosts"], r["devices"], r["global_batch"], r["per_process_batch"]) == (2, 8, 32, 16)
+    assert r["per_device_batch"] == 4 and r["fits"] and r["collectives"]["all-gather"]["count"] > 0
+    assert "v5e:2x4 (8 x TPU v5e device(s), 2 host(s))" in out
+    assert "global 32, per process 16 (x2 hosts), per data-parallel device 4" in out

@@ -1,4 +1,5 @@
-"""The example scripts (examples/) run on a bundled photo with a local checkpoint and agree with timm."""
+"""The example scripts (examples/) run on a bundled photo with a local checkpoint and agree with timm by value
+(top-5 probabilities, embeddings, feature maps against timm on the same photo and weights)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from tests.converters.helpers import save_sd
-from tests.parity.reference import randomize
+from tests.parity.reference import FP32_TOL, nhwc, randomize, rel_err
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NAME = "vit_tiny_patch16_224"
@@ -58,13 +59,20 @@ def test_embed(checkpoint, examples):
     with torch.no_grad():
         x = _timm_input(ref, "chelsea", "astronaut", "coffee")
         want = ref.forward_head(ref.forward_features(x), pre_logits=True).numpy()
-    assert emb.shape == (3, 192) and np.abs(emb - want).max() < 1e-4
+    assert emb.shape == (3, 192)
+    assert rel_err(emb, want) <= FP32_TOL["vision_transformer"], rel_err(emb, want)
 
 
 def test_features(checkpoint, examples):
-    _, path = checkpoint
+    """The maps by value: timm's block outputs (its ``forward_intermediates``, what its ``features_only`` ViT
+    returns) on the photo through timm's own transform."""
+    ref, path = checkpoint
     maps = examples("features").main(["--model", NAME, "--checkpoint", str(path), "--out-indices", "3", "11"])
     assert [m.shape for m in maps] == [(1, 14, 14, 192)] * 2
+    with torch.no_grad():
+        want = ref.forward_intermediates(_timm_input(ref, "chelsea"), indices=[3, 11], intermediates_only=True)
+    errs = [rel_err(m, nhwc(w)) for m, w in zip(maps, want, strict=True)]
+    assert max(errs) <= FP32_TOL["vision_transformer"], errs
 
 
 def test_runs_as_a_script(checkpoint):

@@ -507,6 +507,57 @@ def test_machinery(key, parity_results):
     assert max(errs.values()) <= TOL_F64, errs
 
 
+def _shallow(cfg, width: float = 0.5):
+    """``cfg`` (timm's ``ByoModelCfg`` or ours, the same fields) with one block per stage, or two where the
+    stage interleaves a self-attention block (its first block and its first ``self_attn`` block), at
+    ``width`` times the channels: the same block kinds, a few seconds to run."""
+
+    def stage(s):
+        if not isinstance(s, tuple):
+            return dataclasses.replace(s, d=1)
+        attn = [b for b in s[1:] if b.type == "self_attn"][:1]
+        return (s[0], *attn)
+
+    return dataclasses.replace(cfg, blocks=tuple(stage(s) for s in cfg.blocks), width_factor=width)
+
+
+def test_halonet50ts_shallow(parity_results):
+    """halonet50ts (slow at full size) with fewer blocks and half the width, both sides shrunk alike from their
+    own configs (timm's ``model_cfgs`` entry for the reference): float32 within the family bound, then float64
+    within ``TOL_F64``."""
+    from timm.models import byoanet as tba
+
+    tcfg, cfg = _shallow(tba.model_cfgs["halonet50ts"]), _shallow(vitjax.get_spec("halonet50ts").config())
+    assert sum(len(s) if isinstance(s, tuple) else s.d for s in cfg.blocks) == 7
+    _, side = input_for("halonet50ts")
+    torch.manual_seed(6)
+    ref = randomize(tb.ByobNet(tcfg, num_classes=7).eval(), seed=6)
+    x = torch.randn(2, 3, side, side)
+
+    def ours():
+        model = nnx.eval_shape(lambda: vb.ByobNet(dataclasses.replace(cfg, num_classes=7), rngs=nnx.Rngs(0)))
+        model.model_name, model.family = "halonet50ts", "byoanet"
+        model.eval()
+        return model
+
+    errs = {}
+    for dtype, err in ((torch.float32, rel_err), (torch.float64, rel_err64)):
+        r, xs = ref.to(dtype), x.to(dtype)
+        with torch.no_grad():
+            feats = r.forward_features(xs)
+            want = (nhwc(feats), r.forward_head(feats), r.forward_head(feats, pre_logits=True))
+        with jax.enable_x64(dtype == torch.float64):
+            model = ours() if dtype == torch.float32 else float64(ours())
+            converters.from_torch(model, r.state_dict(), source="timm")
+            got = jitted(model, "heads")(nchw_to_nhwc(xs))
+            e = {k: err(g, w) for k, g, w in zip(("features", "logits", "pre_logits"), got, want, strict=True)}
+        errs[dtype] = e
+    record(parity_results, "byoanet", "halonet50ts (shallow)", errs[torch.float32])
+    record(parity_results, "byoanet (float64)", "halonet50ts (shallow)", errs[torch.float64])
+    assert max(errs[torch.float32].values()) <= TOL, errs
+    assert max(errs[torch.float64].values()) <= TOL_F64, errs
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="fixed input size"):
         vb.ByoModelCfg(blocks=(B(type="basic", d=1, c=8),), fixed_input_size=True)

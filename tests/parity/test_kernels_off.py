@@ -38,3 +38,9 @@ def test_byoanet_train_mode(kernels_off):
     lands 1.2e-2 from timm on one tensor, timm's own channels-last gradient 4.4e-3): it is compared in float64
     by ``test_byoanet``'s gradient test where that runs in float64."""
     test_byoanet.test_train_mode_batch_norm_update("lambda_resnet26t", kernels_off)
+
+
+def test_byoanet_train_mode_gradients(kernels_off):
+    """The float64 train-mode gradient against timm with the kernels off: the reference paths' derivatives
+    (BatchNorm's batch statistics, depthwise and 1x1 convolutions, pools) through the default autodiff."""
+    test_byoanet.test_train_mode_gradients("lambda_resnet26t", kernels_off)

@@ -1,8 +1,10 @@
 """The loop as a program: exact resume after SIGKILL, a clean checkpoint-and-exit on SIGTERM, and 2 processes x
-4 devices (jax.distributed over gloo on 127.0.0.1) giving the losses of 1 process x 8 devices."""
+4 devices (jax.distributed over gloo on 127.0.0.1) giving the losses and the final evaluation of 1 process x 8
+devices."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -112,12 +114,27 @@ def test_two_processes_match_one_process(tmp_path, spawn):
     assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
     assert "8 devices / 2 processes" in errs[0]
     ref_dir = tmp_path / "single"
-    run(tiny_config(ref_dir, steps=6, eval_batch_size=120, mesh={"data": 8}))
+    single = run(tiny_config(ref_dir, steps=6, eval_batch_size=120, mesh={"data": 8}))
     ref, got = losses(ref_dir), losses(wd)
     assert sorted(got) == list(range(1, 7))
     for s in ref:
         assert got[s] == pytest.approx(ref[s], rel=1e-5), s
     print("\n2 processes vs 1: worst loss rel err", max(abs(got[s] - ref[s]) / ref[s] for s in ref))
+    # the final evaluation: each process reads its share of the eval set (the last batch padded), the sums are
+    # global; the accuracies count the same images, the loss agrees to float32 reduction order
+    final = _final_eval(wd)
+    assert set(final) == set(single.final_eval) == {"top1", "top5", "eval_loss"}
+    assert final["top1"] == pytest.approx(single.final_eval["top1"], abs=1e-9)
+    assert final["top5"] == pytest.approx(single.final_eval["top5"], abs=1e-9)
+    assert final["eval_loss"] == pytest.approx(single.final_eval["eval_loss"], rel=1e-5)
+    assert "[eval] final: top1" in errs[0]
+
+
+def _final_eval(workdir: Path) -> dict[str, float]:
+    """The last ``eval`` record of a run's metrics.jsonl, without its kind and step."""
+    evals = [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert evals, "no eval record"
+    return {k: v for k, v in evals[-1].items() if k not in ("kind", "step")}
 
 
 def test_non_finite_exit_code_and_skip_policy(tmp_path):

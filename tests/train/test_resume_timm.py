@@ -1,6 +1,6 @@
 """Exact resume with issue 24's training options: LAMB, BCE with a target threshold, a schedule in epochs with
 warmup, EMA and ``--keep-best``. A run restarted from its step-6 checkpoint logs the same losses, bit for bit,
-and keeps the same best checkpoints as the uninterrupted run."""
+and keeps the same best checkpoints as the uninterrupted run. The same for ``--precision bf16``."""
 
 from __future__ import annotations
 
@@ -26,4 +26,22 @@ def test_resume_is_exact(tmp_path):
     assert again.steps_done == 9
     assert losses(tmp_path / "b") == losses(tmp_path / "a")
     assert run_steps(tmp_path / "b", "best") == run_steps(tmp_path / "a", "best")
+    assert again.final_eval == ref.final_eval
+
+
+def test_bf16_resume_is_exact(tmp_path, capfd):
+    """bf16 compute (fp32 master weights) inside the loop: its losses are not fp32's, and a run resumed from its
+    step-6 checkpoint logs the uninterrupted run's losses bit for bit and ends with its evaluation."""
+    kw = dict(steps=9, ckpt_every=3, eval_batch_size=120)
+    ref = run(tiny_config(tmp_path / "a", precision="bf16", **kw))
+    fp32 = run(tiny_config(tmp_path / "fp32", **kw))
+    assert losses(tmp_path / "a")[1] != losses(tmp_path / "fp32")[1]  # bf16 is in use from the first step
+    assert ref.final_eval != fp32.final_eval
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "ckpt" / "9")
+    capfd.readouterr()
+    again = run(tiny_config(tmp_path / "b", precision="bf16", **kw))
+    assert "resumed from step 6" in capfd.readouterr().err
+    assert again.steps_done == 9
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
     assert again.final_eval == ref.final_eval
