@@ -298,9 +298,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for name, allowed in choices().items():
         if name in values and values[name] not in allowed:
             parser.error(f"{where}: {name}: invalid choice {values[name]!r} (choose from {list(allowed)})")
-    unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        parser.error(f"{where}: unknown keys {sorted(unknown)}")
     model_args = dict(values.pop("model_args", {}))
     for key in list(args):
         if key.startswith("model__"):
