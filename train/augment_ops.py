@@ -11,16 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from vitjax.data import PIL_INTERPOLATIONS
+
 LEVEL_DENOM = 10.0  # magnitude M is the fraction M / 10 of each op's range
 FILL = (128, 128, 128)
-RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+RESAMPLE = PIL_INTERPOLATIONS  # timm's interpolation names -> PIL filters, as the eval transform uses
 INTERPOLATIONS = ("random", *RESAMPLE)
 RANDOM_RESAMPLE = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)  # timm's 'random' interpolation
 ERASE_MODES = ("const", "rand", "pixel")

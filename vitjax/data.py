@@ -32,7 +32,7 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875
 DEFAULT_CROP_MODE = "center"
 
-_PIL_INTERP = {
+PIL_INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -179,8 +179,8 @@ class EvalTransform:
     ):
         if crop_mode not in ("center", "squash", "border"):
             raise ValueError(f"crop_mode must be 'center', 'squash' or 'border', got {crop_mode!r}")
-        if interpolation not in _PIL_INTERP:
-            raise ValueError(f"unknown interpolation {interpolation!r}; one of {sorted(_PIL_INTERP)}")
+        if interpolation not in PIL_INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {interpolation!r}; one of {sorted(PIL_INTERPOLATIONS)}")
         if resize_backend not in ("pil", "torchvision_uint8"):
             raise ValueError(f"resize_backend must be 'pil' or 'torchvision_uint8', got {resize_backend!r}")
         if resize_backend == "torchvision_uint8" and (interpolation != "bilinear" or crop_mode != "squash"):
@@ -216,7 +216,7 @@ class EvalTransform:
             return ((x.astype(np.float32) - self.mean * 255) / (self.std * 255)).astype(np.float32)
         fill = (0,) * len(self.mean)
         w, h = img.size
-        resample = _PIL_INTERP[self.interpolation]
+        resample = PIL_INTERPOLATIONS[self.interpolation]
         if self.crop_mode == "squash":
             size = self.scale_size
         elif self.crop_mode == "border":
