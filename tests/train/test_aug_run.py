@@ -4,13 +4,11 @@ ImageFolder that, interrupted and resumed, repeats its losses bit for bit."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.train.common import TINY_FLAGS, losses
+from tests.train.common import TINY_FLAGS, assert_resumes_exactly
 from train import augment, data
 from train.__main__ import main
 from train.config import parse_args
@@ -98,16 +96,5 @@ def test_tiny_run_with_randaugment_erasing_and_repeats_resumes_exactly(tmp_path,
     seen = []  # --crop-pct reaches the eval pipeline
     real_eval = data.eval_batches
     monkeypatch.setattr(data, "eval_batches", lambda *a, **kw: seen.append(kw["crop_pct"]) or real_eval(*a, **kw))
-    wd = tmp_path / "run"
-    assert main([*flags, "--workdir", str(wd)]) == 0
-    assert seen == [0.8]
-    ref = losses(wd)
-    assert sorted(ref) == [1, 2, 3, 4] and all(np.isfinite(v) for v in ref.values())
-    # interrupted after step 2: drop the last checkpoint and its logged steps, then run again
-    resumed = tmp_path / "resumed"
-    shutil.copytree(wd, resumed)
-    shutil.rmtree(resumed / "ckpt" / "4")
-    capsys.readouterr()
-    assert main([*flags, "--workdir", str(resumed)]) == 0
-    assert "resumed from step 2" in capsys.readouterr().err
-    assert losses(resumed) == ref  # steps 3-4 recomputed from the step-2 checkpoint and data state
+    assert_resumes_exactly(main, flags, tmp_path, capsys)
+    assert seen and set(seen) == {0.8}  # every evaluation, the first run's and the resumed one's

@@ -6,14 +6,13 @@ empty class folders, bad packer flags) is an error naming the shard, label or fo
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.train.common import TINY_FLAGS, losses
+from tests.train.common import TINY_FLAGS, assert_resumes_exactly, losses
 from train import data, records
 from train.__main__ import main as train_main
 
@@ -119,17 +118,7 @@ def test_tiny_run_on_packed_shards_resumes_exactly(fmt, folder, tmp_path, capsys
         "--data", str(root), "--batch-size", "8", "--steps", "4", "--ckpt-every", "2", "--log-every", "1",
         "--no-progress", "--fast-compile", "--eval-batch-size", "8", "--data-workers", "2",
     ]  # fmt: skip
-    wd = tmp_path / "run"
-    assert train_main([*flags, "--workdir", str(wd)]) == 0
-    ref = losses(wd)
-    assert sorted(ref) == [1, 2, 3, 4] and all(np.isfinite(v) for v in ref.values())
-    resumed = tmp_path / "resumed"
-    shutil.copytree(wd, resumed)
-    shutil.rmtree(resumed / "ckpt" / "4")
-    capsys.readouterr()
-    assert train_main([*flags, "--workdir", str(resumed)]) == 0
-    assert "resumed from step 2" in capsys.readouterr().err
-    assert losses(resumed) == ref
+    assert_resumes_exactly(train_main, flags, tmp_path, capsys)
 
 
 def _shard(root: Path, fmt: str, k: int = 1) -> Path:
