@@ -133,7 +133,7 @@ def case(name: str):
 def timm_model(name: str, seed: int, **kw) -> torch.nn.Module:
     timm_kw, _, cls = case(name)
     torch.manual_seed(seed)
-    return randomize(cls(**TINY, **timm_kw, **kw).eval(), seed)
+    return randomize(cls(**{**TINY, **timm_kw, **kw}).eval(), seed)
 
 
 def ours(name: str, **kw):
@@ -265,3 +265,24 @@ def test_distilled_training_output():
 def test_config_rejects(bad, match):
     with pytest.raises(ValueError, match=match):
         vitjax.models.vit.ViTConfig(**bad)
+
+
+def test_distilled_heads_of_another_class_count_are_dropped(tmp_path, caplog):
+    """A DeiT-distilled checkpoint made for another class count loads with both heads (``head``, ``head_dist``)
+    left out and freshly initialised, and says so; the rest of the weights are the checkpoint's."""
+    import logging
+
+    from safetensors.torch import save_file
+
+    ref = timm_model("dist_token", seed=5, num_classes=5)
+    path = tmp_path / "deit5.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    with caplog.at_level(logging.WARNING, logger="converters"):
+        model = vitjax.create_model(BASE, pretrained=str(path), **TINY, dist_token=True)
+    assert "a classifier for 5 classes, the model's for 10" in caplog.text
+    assert "head.bias, head.weight, head_dist.bias, head_dist.weight" in caplog.text
+    assert model.head.kernel.shape == model.head_dist.kernel.shape == (32, 10)
+    x = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        want = ref.forward_features(x)
+    assert rel_err(model.forward_features(nchw_to_nhwc(x)), want) <= TOL
