@@ -286,3 +286,21 @@ def test_distilled_heads_of_another_class_count_are_dropped(tmp_path, caplog):
     with torch.no_grad():
         want = ref.forward_features(x)
     assert rel_err(model.forward_features(nchw_to_nhwc(x)), want) <= TOL
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_switch_params_and_axes(name):
+    """Abstract build: as many parameters as timm's model, each with one logical axis name (or None) per
+    dimension, so the sharding rules place the new weights (pools, gates, norms, distillation head) too."""
+    from flax import nnx
+
+    from vitjax.sharding import axes_of
+
+    timm_kw, _, cls = case(name)
+    model = ours(name)
+    n = sum(int(np.prod(v.get_value().shape)) for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Param))
+    assert n == sum(p.numel() for p in on_meta(cls, **TINY, **timm_kw).parameters())
+    for path, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Param):
+            axes = axes_of(var)
+            assert axes is not None and len(axes) == len(var.get_value().shape), (path, axes)
