@@ -215,16 +215,23 @@ def test_reset_classifier(name):
 
 
 def test_reset_classifier_pool_rules():
-    """As timm: an attention pool cannot be added or swapped by reset_classifier; a plain pool drops it."""
-    model = vitjax.create_model(BASE, **TINY, **case("map")[1])
+    """As timm: an attention pool cannot be added or swapped by reset_classifier; a plain pool drops it, and the
+    model then pools as timm's does after the same call."""
     with pytest.raises(ValueError, match="cannot change global_pool"):
-        model.reset_classifier(0, "prr")
-    plain = vitjax.create_model(BASE, **TINY)
+        ours("map").reset_classifier(0, "prr")
     with pytest.raises(ValueError, match="cannot change global_pool"):
-        plain.reset_classifier(0, "map")
+        vitjax.create_model(BASE, abstract=True, **TINY).reset_classifier(0, "map")
+    ref = timm_model("map", seed=6)
+    model = converters.from_torch(ours("map"), ref.state_dict(), source="timm")
+    ref.reset_classifier(3, "avg")
     model.reset_classifier(3, "avg")
     assert model.attn_pool is None and model.cfg.global_pool == "avg"
-    assert model(np.zeros((1, *SIZE, 3), np.float32)).shape == (1, 3)
+    x = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        want = ref.forward_head(ref.forward_features(x), pre_logits=True)
+    xj = nchw_to_nhwc(x)
+    assert rel_err(model.forward_head(model.forward_features(xj), pre_logits=True), want) <= TOL
+    assert model(xj).shape == (2, 3)
 
 
 def test_distilled_training_output():
