@@ -311,3 +311,22 @@ def test_switch_params_and_axes(name):
         if isinstance(var, nnx.Param):
             axes = axes_of(var)
             assert axes is not None and len(axes) == len(var.get_value().shape), (path, axes)
+
+
+def test_distilled_position_table_resampled_as_timm(tmp_path):
+    """A DeiT-distilled checkpoint loaded at another img_size: the position table keeps both prefix rows (class
+    and distillation) and resamples the grid as timm's checkpoint_filter_fn does."""
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    src = timm_model("dist_token", seed=7, img_size=(32, 32))
+    path = tmp_path / "deit.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    new = (48, 32)
+    ref = VisionTransformerDistilled(**{**TINY, "img_size": new}).eval()
+    ref.load_state_dict(checkpoint_filter_fn(src.state_dict(), ref), strict=True)
+    model = vitjax.create_model(BASE, pretrained=str(path), **{**TINY, "img_size": new}, dist_token=True)
+    x = torch.randn(2, 3, *new)
+    with torch.no_grad():
+        want = ref(x)
+    assert rel_err(model(nchw_to_nhwc(x)), want) <= TOL
