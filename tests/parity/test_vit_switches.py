@@ -330,3 +330,38 @@ def test_distilled_position_table_resampled_as_timm(tmp_path):
     with torch.no_grad():
         want = ref(x)
     assert rel_err(model(nchw_to_nhwc(x)), want) <= TOL
+
+
+def test_attention_pool_latent_options():
+    """The MAP layer's options timm's VisionTransformer leaves at their defaults (q/k norm, several latents
+    averaged) against timm's AttentionPoolLatent itself, float64."""
+    from flax import nnx
+    from timm.layers.attention_pool import AttentionPoolLatent as TimmPool
+
+    from vitjax.layers import AttentionPoolLatent, norm_factory
+
+    torch.manual_seed(8)
+    ref = TimmPool(32, num_heads=4, qk_norm=True, latent_len=3, pool_type="avg", norm_layer=LN5, mlp_ratio=2.0)
+    ref = randomize(ref.eval(), seed=8).double()
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    with torch.no_grad():
+        want = ref(x)
+    with jax.enable_x64(True):
+
+        def build():
+            norm = norm_factory("layernorm", eps=1e-5, rngs=nnx.Rngs(0))
+            kw = dict(qk_norm=True, latent_len=3, pool_type="avg", mlp_ratio=2.0)
+            return AttentionPoolLatent(32, 4, norm=norm, **kw, rngs=nnx.Rngs(0))
+
+        pool = nnx.eval_shape(build)  # shapes only: every weight is set from timm's below
+        filled = set()
+        for path, var in nnx.iter_graph(pool):
+            if isinstance(var, nnx.Param):
+                *mod, leaf = (str(p) for p in path)
+                key = ".".join([*mod, {"kernel": "weight", "scale": "weight"}.get(leaf, leaf)])
+                var.set_value(jax.numpy.asarray(sd[key].T if leaf == "kernel" else sd[key]))
+                filled.add(key)
+        assert filled == set(sd)
+        got = nnx.jit(lambda m, v: m(v))(pool, jax.numpy.asarray(x.numpy()))
+        assert rel_err64(got, want) <= TOL_F64
