@@ -226,6 +226,7 @@ def filter_none(sd: MutableMapping[str, Any], t: Target, resize: Resize = TIMM) 
 # (vitjax family, torch naming) -> (filter, default resize). Families not listed load only at their own size.
 FILTERS: dict[tuple[str, str], tuple[Filter, Resize]] = {
     ("vision_transformer", "timm"): (filter_vit_timm, TIMM),
+    ("deit", "timm"): (filter_vit_timm, TIMM),
     ("vision_transformer_relpos", "timm"): (filter_none, TIMM),
     ("hf_vit", "hf"): (filter_vit_hf, HF),
     ("maxxvit", "timm"): (filter_maxxvit_timm, TIMM),
