@@ -12,6 +12,7 @@ from flax import nnx
 from jax import numpy as jnp
 
 from vitjax.layers.conv import create_conv2d
+from vitjax.layers.drop import maybe
 from vitjax.sharding import EMBED
 
 
@@ -30,8 +31,10 @@ class PatchEmbed(nnx.Module):
         bias: bool = True,
         strict_img_size: bool = True,
         dynamic_img_pad: bool = False,
+        norm: nnx.Module | None = None,
         rngs: nnx.Rngs,
     ):
+        """``norm``: a norm over each patch embedding (timm's ``embed_norm_layer``, AIMv2)."""
         self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
         if self.patch_size[0] != self.patch_size[1]:
@@ -46,6 +49,7 @@ class PatchEmbed(nnx.Module):
         self.proj = create_conv2d(
             in_chans, embed_dim, p, stride=p, padding=0, bias=bias, axes=(None, None, None, EMBED), rngs=rngs
         )
+        self.norm = norm
 
     def check_size(self, h: int, w: int) -> None:
         if self.strict_img_size and (h, w) != self.img_size:
@@ -76,4 +80,4 @@ class PatchEmbed(nnx.Module):
             gh, gw = self.dynamic_feat_size(h, w)
             pads = ((0, 0), (0, gh * self.patch_size[0] - h), (0, gw * self.patch_size[1] - w), (0, 0))
             x = jnp.pad(x, pads)  # B, Gh*p, Gw*p, Cin
-        return self.proj(x)  # B, Gh, Gw, C
+        return maybe(self.norm, self.proj(x))  # B, Gh, Gw, C
