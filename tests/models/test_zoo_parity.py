@@ -33,14 +33,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta pa
 TOL = FP32_TOL["vision_transformer"]
 SMALL = dict(depth=2, embed_dim=64, num_heads=4, num_classes=10)
 
-# name -> what the row brings that no seed row has (img_size: a small input, 4 x 3 patches unless noted)
+# name -> what the row brings that no seed row has (img_size: a small input, 4 x 3 patches unless noted); the
+# res-post block and class token + average pooling run in the default suite as vit_relpos_*_rpn / *_clsgap
 KINDS = {
     "vit_base_patch16_clip_224": "CLIP tower: norm before the blocks, LayerNorm eps 1e-5, patch conv without bias",
     "vit_base_patch32_siglip_gap_256": "SigLIP GAP tower: no class token, final norm then average, GELU-tanh",
     "vit_small_patch14_reg4_dinov2": "DINOv2: layer scale, 4 registers outside the position table, patch 14",
     "vit_base_patch16_radio_v3": "RADIO: 7 registers, no final norm, class-token pooling",
-    "vit_base_patch16_rpn_224": "res-post blocks (norm on the branch output) without a relative-position bias",
-    "eva_large_patch14_196": "class token kept, average pooling with fc_norm",
     "vit_so400m_patch14_siglip_gap_384": "img_size not a patch multiple (the conv drops the rest), mlp_ratio 3.7362",
 }
 SIZES = {"vit_so400m_patch14_siglip_gap_384": (4 * 14 + 5, 3 * 14 + 9)}
