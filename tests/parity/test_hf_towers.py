@@ -1,0 +1,181 @@
+"""Parity of transformers' image towers (DINOv2 (+ registers), CLIP, SigLIP) against transformers itself.
+
+References are built by transformers from the published configs (``tests/parity/hf_published.py``, never
+vitjax's tables), every float tensor randomised. ``forward_features`` must equal ``last_hidden_state`` and
+``model(x)`` the ``pooler_output``. The default suite runs a reduced copy (depth 2, width 32, 28-64 px) of each
+kind; the published sizes are marked slow.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import converters
+import vitjax
+from tests.parity.hf_published import PUBLISHED, published_config, published_model
+from tests.parity.reference import (
+    FP32_TOL,
+    TOL_F64,
+    assert_round_trip,
+    float64,
+    nchw_to_nhwc,
+    on_meta,
+    randomize,
+    record,
+    rel_err,
+    rel_err64,
+)
+
+TOL = FP32_TOL["hf_vit"]
+FAMILIES = ("hf_dinov2",)
+NAMES = sorted(n for f in FAMILIES for n in vitjax.list_models(family=f))
+
+# the round trip loads into a meta-device model: strict about keys and shapes, no copies
+pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
+
+# one reduced copy per kind: (id, overrides, input sizes other than the built one)
+SMALL = dict(embed_dim=32, depth=2, num_heads=2)
+KINDS = {
+    "facebook/dinov2-small": (dict(SMALL, img_size=42), [(56, 28), (71, 70)]),
+    "facebook/dinov2-with-registers-small": (dict(SMALL, img_size=42), [(56, 28), (71, 70)]),
+}
+
+
+def reference(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return randomize(published_model(name, **overrides).eval(), seed)
+
+
+def outputs(ref: torch.nn.Module, x: torch.Tensor):
+    with torch.no_grad():
+        out = ref(pixel_values=x)
+    return out.last_hidden_state, out.pooler_output
+
+
+def compare(model, ref, x: torch.Tensor) -> dict[str, float]:
+    hidden, pooled = outputs(ref, x)
+    xj = nchw_to_nhwc(x)
+    feats = model.forward_features(xj)
+    return {"last_hidden_state": rel_err(feats, hidden), "pooler_output": rel_err(model.forward_head(feats), pooled)}
+
+
+def test_ids_listed():
+    want = sorted(n for n in PUBLISHED if n.startswith("facebook/") and "giant" not in n)  # CLIP, giants: next
+    assert NAMES == want, sorted(set(NAMES) ^ set(want))
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_parity_reduced(name, parity_results):
+    """A reduced copy at its own size and at other input sizes (DINOv2 resamples its position table per call,
+    as transformers' interpolate_pos_encoding), then the bit-exact round trip into a strict load."""
+    overrides, sizes = KINDS[name]
+    ref = reference(name, **overrides)
+    sd = ref.state_dict()
+    model = vitjax.create_model(name, abstract=True, **overrides)
+    converters.from_torch(model, sd, source="hf")
+    size = model.cfg.img_size
+    x = torch.randn(2, 3, size, size)
+    errs = {"model(x)": rel_err(model(nchw_to_nhwc(x)), outputs(ref, x)[1])}
+    for hw in [(size, size), *sizes]:
+        errs |= {f"{k}@{hw}": v for k, v in compare(model, ref, torch.randn(2, 3, *hw)).items()}
+    record(parity_results, "hf towers", name, errs)
+    assert max(errs.values()) <= TOL, errs
+    assert_round_trip(model, sd, "hf", on_meta(published_model, name, **overrides))
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_parity_float64(name, parity_results):
+    """float64 on both sides at the built size and at a model built for another size: within 1e-9 (a wrong eps,
+    activation form or token order is 1e-7 and up)."""
+    overrides, _ = KINDS[name]
+    errs = {}
+    for img in (overrides["img_size"], 28):
+        ov = dict(overrides, img_size=img)
+        ref = reference(name, seed=2, **ov).double()
+        x = torch.randn(2, 3, img, img, dtype=torch.float64)
+        hidden, pooled = outputs(ref, x)
+        with jax.enable_x64(True):
+            model = float64(vitjax.create_model(name, abstract=True, **ov))
+            converters.from_torch(model, ref.state_dict(), source="hf")
+            feats = model.forward_features(nchw_to_nhwc(x))
+            errs[f"last_hidden_state@{img}"] = rel_err64(feats, hidden)
+            errs[f"pooler_output@{img}"] = rel_err64(model.forward_head(feats), pooled)
+    record(parity_results, "hf towers (float64)", name, errs)
+    assert max(errs.values()) <= TOL_F64, errs
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_overrides_build_the_matching_tower(name):
+    """Every architecture override (width, depth, heads, MLP ratio, image and patch size) gives the tower that
+    transformers builds from the same fields: the export loads strictly and the outputs agree."""
+    overrides = dict(embed_dim=48, depth=1, num_heads=3, mlp_ratio=2, img_size=40, patch_size=8)
+    ref = reference(name, seed=3, **overrides)
+    cfg = published_config(name, **overrides)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.patch_size, cfg.image_size) == (48, 1, 8, 40)
+    model = vitjax.create_model(name, abstract=True, **overrides)
+    assert_round_trip(converters.from_torch(model, ref.state_dict(), source="hf"), ref.state_dict(), "hf", ref)
+    errs = compare(model, ref, torch.randn(1, 3, 40, 40))
+    assert max(errs.values()) <= TOL, errs
+
+
+def test_mask_token_survives():
+    """DINOv2's mask token (masked-image pretraining only) is a parameter the forward ignores, kept through a
+    round trip."""
+    name = "facebook/dinov2-small"
+    overrides = KINDS[name][0]
+    ref = reference(name, seed=4, **overrides)
+    model = converters.from_torch(vitjax.create_model(name, abstract=True, **overrides), ref.state_dict(), source="hf")
+    want = ref.embeddings.mask_token.detach().numpy()
+    assert np.array_equal(np.asarray(model.mask_token[...]), want)
+    assert np.array_equal(converters.to_torch(model, target="hf")["embeddings.mask_token"], want)
+    x = np.random.default_rng(0).normal(size=(1, 42, 42, 3)).astype(np.float32)
+    before = np.asarray(model(x))
+    model.mask_token.set_value(model.mask_token[...] + 1.0)
+    assert np.array_equal(np.asarray(model(x)), before)
+
+
+@pytest.mark.parametrize("name", ["facebook/dinov2-small", "facebook/dinov2-with-registers-small"])
+def test_transformers_4_names_load_in_transformers(name, tmp_path):
+    """Hub checkpoints use transformers-4 names. Export with that table, then let transformers itself load the
+    file: wrong v4 names would show as missing/unexpected keys."""
+    from safetensors.torch import save_file
+
+    from converters.tables.hf_towers import DINOV2_V4
+
+    overrides = KINDS[name][0]
+    ref = reference(name, seed=5, **overrides)
+    model = converters.from_torch(vitjax.create_model(name, abstract=True, **overrides), ref.state_dict(), source="hf")
+    v4 = {k: torch.from_numpy(np.array(v)) for k, v in converters.to_torch_with(model, DINOV2_V4).items()}
+    assert any(".attention.attention.query." in k for k in v4)
+    again = converters.from_torch(vitjax.create_model(name, abstract=True, **overrides), v4, source="hf")
+    x = np.random.default_rng(0).normal(size=(1, 42, 42, 3)).astype(np.float32)
+    assert np.array_equal(np.asarray(again(x)), np.asarray(model(x)))
+
+    published_config(name, **overrides).save_pretrained(tmp_path)
+    save_file(v4, str(tmp_path / "model.safetensors"))
+    loaded, info = type(ref).from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    _, pooled = outputs(loaded.eval(), torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert rel_err(model(x), pooled) <= TOL
+
+
+# -- the published sizes ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_parity_published(name, parity_results):
+    """Each id at its published size (the 40-block giants at two blocks) and at its built input size."""
+    overrides = dict(depth=2) if "giant" in name else {}
+    ref = reference(name, seed=6, **overrides)
+    sd = ref.state_dict()
+    model = vitjax.create_model(name, abstract=True, **overrides)
+    converters.from_torch(model, sd, source="hf")
+    size = model.cfg.img_size
+    errs = compare(model, ref, torch.randn(1, 3, size, size))
+    if name.startswith("facebook/dinov2"):  # transformers' DINOv2 preprocessing crops to 224
+        errs |= {f"{k}@224": v for k, v in compare(model, ref, torch.randn(1, 3, 224, 224)).items()}
+    record(parity_results, "hf towers", name, errs)
+    assert max(errs.values()) <= TOL, errs
+    assert_round_trip(model, sd, "hf", on_meta(published_model, name, **overrides))

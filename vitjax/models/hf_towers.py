@@ -1,0 +1,150 @@
+"""transformers' image towers as rows of the ViT config: ``Dinov2Model`` (and ``Dinov2WithRegistersModel``),
+``CLIPVisionModel`` and ``SiglipVisionModel``, named by their hub ids (``facebook/dinov2-base``, ...).
+
+For every id ``forward_features(x)`` equals transformers' ``last_hidden_state`` and ``model(x)`` (the default
+``num_classes=0``) its ``pooler_output``:
+
+* DINOv2: pre-norm blocks with LayerScale on both branches, the final LayerNorm on every token, the pooler is
+  the normed class token (``global_pool='token'``). Its position table is resampled *on every call* whose
+  input is not the size it was built for (transformers' ``interpolate_pos_encoding``: bicubic without
+  antialias for DINOv2, with antialias for the registers model, computed in float32 at least), so one model
+  takes any input size; pixels beyond the last whole patch are dropped as transformers' strided conv does.
+  The register tokens sit between the class token and the patches and get no position embedding. The
+  checkpoints' ``mask_token`` (used by transformers only for masked-image pretraining) is kept as an unused
+  parameter so that checkpoints round-trip.
+* CLIP: a LayerNorm before the blocks (``pre_norm``, a patch embedding without bias), no norm on the tokens;
+  the pooler is ``post_layernorm`` of the class token (vitjax's ``fc_norm`` after token pooling).
+
+The rows are transformers' published ``config.json`` architectures; ``embed_dim``, ``depth``, ``num_heads``,
+``mlp_ratio``, ``img_size`` and ``patch_size`` overrides build the matching smaller tower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import jax
+import numpy as np
+from flax import nnx
+from jax import numpy as jnp
+
+from vitjax.layers import maybe
+from vitjax.layers.linear import normal_param, zeros_param
+from vitjax.models.vit import VisionTransformer, ViTConfig
+from vitjax.registry import variants
+from vitjax.sharding import EMBED
+
+
+# -- DINOv2 ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Dinov2Config(ViTConfig):
+    """A ViT config plus how transformers resamples the position table per call: ``pos_antialias`` is False
+    for ``Dinov2Model`` and True for ``Dinov2WithRegistersModel``."""
+
+    pos_antialias: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.class_token or self.no_embed_class or self.pos_embed != "learn" or self.global_pool != "token":
+            raise ValueError("DINOv2 towers have a class token with a learned position embedding, token pooling")
+
+
+def _cubic(d: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel with parameter ``a`` (torch: -0.75 plain, -0.5 antialiased)."""
+    d = np.abs(d)
+    inner = ((a + 2) * d - (a + 3)) * d * d + 1
+    outer = a * (((d - 5) * d + 8) * d - 4)
+    return np.where(d <= 1, inner, np.where(d < 2, outer, 0.0))
+
+
+@cache
+def bicubic_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
+    """``(n_out, n_in)`` float64 matrix of torch's ``F.interpolate(mode='bicubic', align_corners=False)`` along
+    one axis: plain (a = -0.75, four taps clamped to the border) or antialiased (a = -0.5, the support widened
+    by the shrink factor, weights renormalised)."""
+    if n_in == n_out:
+        return np.eye(n_in)
+    scale = n_in / n_out
+    m = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    if antialias:
+        stretch = max(scale, 1.0)
+        for i in rows:
+            center = scale * (i + 0.5)
+            lo = max(int(center - 2 * stretch + 0.5), 0)
+            hi = min(int(center + 2 * stretch + 0.5), n_in)
+            w = _cubic((np.arange(lo, hi) - center + 0.5) / stretch, -0.5)
+            m[i, lo:hi] = w / w.sum()
+        return m
+    src = scale * (rows + 0.5) - 0.5
+    base = np.floor(src)
+    frac = src - base
+    for k in (-1, 0, 1, 2):
+        np.add.at(m, (rows, np.clip(base + k, 0, n_in - 1).astype(np.int64)), _cubic(frac - k, -0.75))
+    return m
+
+
+class Dinov2(VisionTransformer):
+    """transformers' ``Dinov2Model`` / ``Dinov2WithRegistersModel`` on vitjax's ViT blocks."""
+
+    def __init__(self, cfg: Dinov2Config, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        dim = cfg.embed_dim
+        # transformers' table covers the class token and the patches, never the registers
+        self.pos_embed = normal_param(rngs, (1, 1 + self.patch_embed.num_patches, dim), (None, None, EMBED))
+        self.mask_token = zeros_param((1, dim), (None, EMBED))  # kept for checkpoints; the forward ignores it
+
+    def _pos_embed_for(self, gh: int, gw: int, h: int, w: int) -> jax.Array:
+        """transformers' ``interpolate_pos_encoding``: the table as stored unless the patch count or the input's
+        squareness differs from the build, else its grid resampled to ``(gh, gw)``."""
+        pos = self.pos_embed[...]
+        g0h, g0w = self.patch_embed.grid_size
+        if gh * gw == g0h * g0w and h == w:
+            return pos
+        dtype = jnp.promote_types(pos.dtype, jnp.float32)  # resampled in float32 at least, as transformers
+        grid = pos[0, 1:].astype(dtype).reshape(g0h, g0w, -1)  # G0h, G0w, C
+        aa = self.cfg.pos_antialias
+        mh = jnp.asarray(bicubic_matrix(g0h, gh, aa), dtype)  # gh, G0h
+        mw = jnp.asarray(bicubic_matrix(g0w, gw, aa), dtype)  # gw, G0w
+        grid = jnp.einsum("yh,hwc,xw->yxc", mh, grid, mw).reshape(1, gh * gw, -1)  # 1, gh*gw, C
+        return jnp.concatenate([pos[:, :1], grid.astype(pos.dtype)], axis=1)  # 1, 1 + gh*gw, C
+
+    def _embed(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"expected an NHWC image batch, got shape {x.shape}")
+        b, h, w, _ = x.shape
+        p = self.cfg.patch_size
+        gh, gw = h // p, w // p
+        if not gh or not gw:
+            raise ValueError(f"input size {(h, w)} is smaller than one {p}x{p} patch")
+        x = self.patch_embed.proj(x[:, : gh * p, : gw * p])  # B, gh, gw, C (a strided conv drops the rest)
+        x = x.reshape(b, gh * gw, -1)  # B, N, C
+        cls = jnp.broadcast_to(self.cls_token[...], (b, 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1) + self._pos_embed_for(gh, gw, h, w)  # B, 1 + N, C
+        if self.reg_token is not None:
+            reg = jnp.broadcast_to(self.reg_token[...], (b, *self.reg_token.shape[1:]))
+            x = jnp.concatenate([x[:, :1], reg, x[:, 1:]], axis=1)  # B, 1 + R + N, C
+        x = maybe(self.pos_drop, x)
+        return maybe(self.norm_pre, x)
+
+
+_DINOV2 = dict(
+    patch_size=14,
+    img_size=518,
+    init_values=1.0,
+    norm_eps=1e-6,
+    num_classes=0,
+    global_pool="token",
+)
+_DINOV2_SIZES = {
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+_DINOV2_TABLE = {f"facebook/dinov2-{s}": dict(args) for s, args in _DINOV2_SIZES.items()} | {
+    f"facebook/dinov2-with-registers-{s}": dict(args, reg_tokens=4, pos_antialias=True)
+    for s, args in _DINOV2_SIZES.items()
+}
+
+MODELS = variants("hf_dinov2", Dinov2Config, Dinov2, _DINOV2_TABLE, **_DINOV2)
