@@ -39,8 +39,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta pa
 # one reduced copy per kind: (id, overrides, input sizes other than the built one)
 SMALL = dict(embed_dim=32, depth=2, num_heads=2)
 KINDS = {
-    "facebook/dinov2-small": (dict(SMALL, img_size=42), [(56, 28), (71, 70)]),
-    "facebook/dinov2-with-registers-small": (dict(SMALL, img_size=42), [(56, 28), (71, 70)]),
+    "facebook/dinov2-small": (dict(SMALL, img_size=42), [(56, 28), (71, 70), (14, 126)]),
+    "facebook/dinov2-with-registers-small": (dict(SMALL, img_size=42), [(56, 28), (71, 70), (14, 126)]),
 }
 
 
