@@ -20,7 +20,9 @@ TABLES: dict[tuple[str, str], Callable[[Any], list[Table]]] = {
     ("vision_transformer", "timm"): lambda cfg: [vit.TIMM],
     ("vision_transformer_relpos", "timm"): lambda cfg: [vit.TIMM],
     ("hf_vit", "hf"): lambda cfg: [hf_vit.HF5, hf_vit.HF4],
-    ("hf_dinov2", "hf"): lambda cfg: [hf_towers.DINOV2, hf_towers.DINOV2_V4],
+    ("hf_dinov2", "hf"): hf_towers.dinov2_tables,
+    ("hf_clip", "hf"): lambda cfg: [hf_towers.CLIP, hf_towers.CLIP_V4],
+    ("hf_siglip", "hf"): lambda cfg: [hf_towers.SIGLIP, hf_towers.SIGLIP_V4],
     ("byoanet", "timm"): lambda cfg: [byobnet.TIMM, byobnet.TIMM_FEATURES],
     ("maxxvit", "timm"): maxxvit.tables,
 }

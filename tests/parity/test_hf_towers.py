@@ -30,7 +30,7 @@ from tests.parity.reference import (
 )
 
 TOL = FP32_TOL["hf_vit"]
-FAMILIES = ("hf_dinov2",)
+FAMILIES = ("hf_dinov2", "hf_clip", "hf_siglip")
 NAMES = sorted(n for f in FAMILIES for n in vitjax.list_models(family=f))
 
 # the round trip loads into a meta-device model: strict about keys and shapes, no copies
@@ -41,6 +41,9 @@ SMALL = dict(embed_dim=32, depth=2, num_heads=2)
 KINDS = {
     "facebook/dinov2-small": (dict(SMALL, img_size=42), [(56, 28), (71, 70), (14, 126)]),
     "facebook/dinov2-with-registers-small": (dict(SMALL, img_size=42), [(56, 28), (71, 70), (14, 126)]),
+    "facebook/dinov2-giant": (dict(SMALL, img_size=28, depth=1), [(42, 28)]),  # SwiGLU
+    "openai/clip-vit-base-patch16": (dict(SMALL, img_size=32, patch_size=8), []),
+    "google/siglip-so400m-patch14-384": (dict(SMALL, img_size=28), []),
 }
 
 
@@ -63,8 +66,7 @@ def compare(model, ref, x: torch.Tensor) -> dict[str, float]:
 
 
 def test_ids_listed():
-    want = sorted(n for n in PUBLISHED if n.startswith("facebook/") and "giant" not in n)  # CLIP, giants: next
-    assert NAMES == want, sorted(set(NAMES) ^ set(want))
+    assert NAMES == sorted(PUBLISHED), sorted(set(NAMES) ^ set(PUBLISHED))
 
 
 @pytest.mark.parametrize("name", list(KINDS))
@@ -92,7 +94,8 @@ def test_parity_float64(name, parity_results):
     activation form or token order is 1e-7 and up)."""
     overrides, _ = KINDS[name]
     errs = {}
-    for img in (overrides["img_size"], 28):
+    p = overrides.get("patch_size", 14)
+    for img in (overrides["img_size"], overrides["img_size"] + p):
         ov = dict(overrides, img_size=img)
         ref = reference(name, seed=2, **ov).double()
         x = torch.randn(2, 3, img, img, dtype=torch.float64)
