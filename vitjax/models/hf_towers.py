@@ -7,8 +7,9 @@ For every id ``forward_features(x)`` equals transformers' ``last_hidden_state`` 
 * DINOv2: pre-norm blocks with LayerScale on both branches, the final LayerNorm on every token, the pooler is
   the normed class token (``global_pool='token'``). Its position table is resampled *on every call* whose
   input is not the size it was built for (transformers' ``interpolate_pos_encoding``: bicubic without
-  antialias for DINOv2, with antialias for the registers model, computed in float32 at least), so one model
-  takes any input size; pixels beyond the last whole patch are dropped as transformers' strided conv does.
+  antialias for DINOv2, with antialias for the registers model; torch's weights, from
+  :mod:`vitjax.layers.pos_embed`, in float32 at least), so one model takes any input size; pixels beyond the
+  last whole patch are dropped as transformers' strided conv does.
   The register tokens sit between the class token and the patches and get no position embedding. The
   checkpoints' ``mask_token`` (used by transformers only for masked-image pretraining) is kept as an unused
   parameter so that checkpoints round-trip.
@@ -24,15 +25,14 @@ The rows are transformers' published ``config.json`` architectures; ``embed_dim`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 
 import jax
-import numpy as np
 from flax import nnx
 from jax import numpy as jnp
 
 from vitjax.layers import maybe
 from vitjax.layers.linear import normal_param, zeros_param
+from vitjax.layers.pos_embed import resample_abs_pos_embed
 from vitjax.models.vit import VisionTransformer, ViTConfig
 from vitjax.registry import variants
 from vitjax.sharding import EMBED
@@ -52,41 +52,6 @@ class Dinov2Config(ViTConfig):
             raise ValueError("DINOv2 towers have a class token with a learned position embedding, token pooling")
 
 
-def _cubic(d: np.ndarray, a: float) -> np.ndarray:
-    """Keys' cubic convolution kernel with parameter ``a`` (torch: -0.75 plain, -0.5 antialiased)."""
-    d = np.abs(d)
-    inner = ((a + 2) * d - (a + 3)) * d * d + 1
-    outer = a * (((d - 5) * d + 8) * d - 4)
-    return np.where(d <= 1, inner, np.where(d < 2, outer, 0.0))
-
-
-@cache
-def bicubic_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
-    """``(n_out, n_in)`` float64 matrix of torch's ``F.interpolate(mode='bicubic', align_corners=False)`` along
-    one axis: plain (a = -0.75, four taps clamped to the border) or antialiased (a = -0.5, the support widened
-    by the shrink factor, weights renormalised)."""
-    if n_in == n_out:
-        return np.eye(n_in)
-    scale = n_in / n_out
-    m = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    if antialias:
-        stretch = max(scale, 1.0)
-        for i in rows:
-            center = scale * (i + 0.5)
-            lo = max(int(center - 2 * stretch + 0.5), 0)
-            hi = min(int(center + 2 * stretch + 0.5), n_in)
-            w = _cubic((np.arange(lo, hi) - center + 0.5) / stretch, -0.5)
-            m[i, lo:hi] = w / w.sum()
-        return m
-    src = scale * (rows + 0.5) - 0.5
-    base = np.floor(src)
-    frac = src - base
-    for k in (-1, 0, 1, 2):
-        np.add.at(m, (rows, np.clip(base + k, 0, n_in - 1).astype(np.int64)), _cubic(frac - k, -0.75))
-    return m
-
-
 class Dinov2(VisionTransformer):
     """transformers' ``Dinov2Model`` / ``Dinov2WithRegistersModel`` on vitjax's ViT blocks."""
 
@@ -104,13 +69,7 @@ class Dinov2(VisionTransformer):
         g0h, g0w = self.patch_embed.grid_size
         if gh * gw == g0h * g0w and h == w:
             return pos
-        dtype = jnp.promote_types(pos.dtype, jnp.float32)  # resampled in float32 at least, as transformers
-        grid = pos[0, 1:].astype(dtype).reshape(g0h, g0w, -1)  # G0h, G0w, C
-        aa = self.cfg.pos_antialias
-        mh = jnp.asarray(bicubic_matrix(g0h, gh, aa), dtype)  # gh, G0h
-        mw = jnp.asarray(bicubic_matrix(g0w, gw, aa), dtype)  # gw, G0w
-        grid = jnp.einsum("yh,hwc,xw->yxc", mh, grid, mw).reshape(1, gh * gw, -1)  # 1, gh*gw, C
-        return jnp.concatenate([pos[:, :1], grid.astype(pos.dtype)], axis=1)  # 1, 1 + gh*gw, C
+        return resample_abs_pos_embed(pos, (gh, gw), (g0h, g0w), 1, "bicubic", self.cfg.pos_antialias)
 
     def _embed(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4:
