@@ -140,21 +140,28 @@ def test_mask_token_survives():
     assert np.array_equal(np.asarray(model(x)), before)
 
 
-@pytest.mark.parametrize("name", ["facebook/dinov2-small", "facebook/dinov2-with-registers-small"])
+@pytest.mark.parametrize("name", list(KINDS))
 def test_transformers_4_names_load_in_transformers(name, tmp_path):
-    """Hub checkpoints use transformers-4 names. Export with that table, then let transformers itself load the
-    file: wrong v4 names would show as missing/unexpected keys."""
+    """Hub checkpoints use transformers-4 names (DINOv2's ``attention.attention.query``, ``mlp.weights_in``;
+    CLIP / SigLIP under ``vision_model.``). Export with that table, then let transformers itself load the file:
+    wrong v4 names would show as missing/unexpected keys. A full CLIPModel / SiglipModel file (text tower
+    beside the vision one) loads too, its text weights left aside."""
     from safetensors.torch import save_file
 
-    from converters.tables.hf_towers import DINOV2_V4
+    from converters.tables import tables_for
 
     overrides = KINDS[name][0]
     ref = reference(name, seed=5, **overrides)
     model = converters.from_torch(vitjax.create_model(name, abstract=True, **overrides), ref.state_dict(), source="hf")
-    v4 = {k: torch.from_numpy(np.array(v)) for k, v in converters.to_torch_with(model, DINOV2_V4).items()}
-    assert any(".attention.attention.query." in k for k in v4)
-    again = converters.from_torch(vitjax.create_model(name, abstract=True, **overrides), v4, source="hf")
-    x = np.random.default_rng(0).normal(size=(1, 42, 42, 3)).astype(np.float32)
+    v4_table = tables_for(model, "hf")[1]
+    v4 = {k: torch.from_numpy(np.array(v)) for k, v in converters.to_torch_with(model, v4_table).items()}
+    assert set(v4) != set(ref.state_dict()), "the v4 table must name what transformers 5 renamed"
+    full = dict(v4)
+    if name.startswith(("openai/", "google/")):
+        full |= {"text_model.embeddings.token_embedding.weight": torch.zeros(3, 2), "logit_scale": torch.ones(())}
+    again = converters.from_torch(vitjax.create_model(name, abstract=True, **overrides), full, source="hf")
+    size = model.cfg.img_size
+    x = np.random.default_rng(0).normal(size=(1, size, size, 3)).astype(np.float32)
     assert np.array_equal(np.asarray(again(x)), np.asarray(model(x)))
 
     published_config(name, **overrides).save_pretrained(tmp_path)
