@@ -189,3 +189,57 @@ def test_parity_published(name, parity_results):
     record(parity_results, "hf towers", name, errs)
     assert max(errs.values()) <= TOL, errs
     assert_round_trip(model, sd, "hf", on_meta(published_model, name, **overrides))
+
+
+# -- transformers' former Flax checkpoints ------------------------------------------------------------------------
+_FLAX_NORMS = ("norm1", "norm2", "layernorm", "pre_layrnorm", "post_layernorm", "layer_norm1", "layer_norm2")
+
+
+def flax_tree(v4: dict[str, np.ndarray]) -> dict:
+    """The parameter tree transformers 4's ``FlaxDinov2Model`` / ``FlaxCLIPModel`` ``save_pretrained`` wrote,
+    from the torch model's transformers-4 state_dict: the same module names (``encoder/layer/0/attention/
+    attention/query``, ``vision_model/encoder/layers/0/self_attn/q_proj``), Dense kernels ``[in, out]``, Conv
+    kernels ``[kh, kw, in, out]``, LayerNorm ``scale``, ``nn.Embed`` tables as ``embedding``."""
+    tree: dict = {}
+    for key, a in v4.items():
+        module, _, leaf = key.rpartition(".")
+        if leaf == "weight" and module.rsplit(".", 1)[-1] in _FLAX_NORMS:
+            leaf = "scale"
+        elif leaf == "weight" and module.endswith("position_embedding"):
+            leaf = "embedding"
+        elif leaf == "weight":
+            leaf, a = "kernel", (a.transpose(2, 3, 1, 0) if a.ndim == 4 else a.T)
+        node = tree
+        for part in module.split(".") if module else ():
+            node = node.setdefault(part, {})
+        node[leaf] = np.ascontiguousarray(a)
+    return tree
+
+
+@pytest.mark.parametrize("name", ["facebook/dinov2-small", "facebook/dinov2-giant", "openai/clip-vit-base-patch16"])
+def test_flax_msgpack_loads(name, tmp_path):
+    """A ``flax_model.msgpack`` as transformers 4 saved it (FlaxDinov2Model; FlaxCLIPModel with its text tower
+    and projections beside the vision tower) loads through ``create_model(..., pretrained=path)`` and matches
+    transformers' torch model holding the same weights."""
+    from flax import serialization
+
+    from converters.tables import tables_for
+
+    overrides = KINDS[name][0]
+    ref = reference(name, seed=7, **overrides)
+    model = converters.from_torch(vitjax.create_model(name, abstract=True, **overrides), ref.state_dict(), source="hf")
+    v4 = converters.to_torch_with(model, tables_for(model, "hf")[1])
+    tree = flax_tree(v4)
+    if name.startswith("openai/"):  # FlaxCLIPModel's other parameters
+        tree["text_model"] = {"final_layer_norm": {"scale": np.ones(4, np.float32), "bias": np.zeros(4, np.float32)}}
+        tree["visual_projection"] = {"kernel": np.ones((32, 8), np.float32)}
+        tree["logit_scale"] = np.float32(2.6592)
+    path = tmp_path / "flax_model.msgpack"
+    path.write_bytes(serialization.msgpack_serialize({"params": tree}))
+    loaded = vitjax.create_model(name, pretrained=str(path), **overrides)
+    size = model.cfg.img_size
+    x = torch.randn(1, 3, size, size)
+    _, pooled = outputs(ref, x)
+    assert rel_err(loaded(nchw_to_nhwc(x)), pooled) <= TOL
+    for key, value in converters.to_torch(loaded, target="hf").items():
+        assert np.array_equal(value, ref.state_dict()[key].numpy()), key
