@@ -15,6 +15,8 @@ import torch
 
 import converters
 import vitjax
+import vitjax.data
+from tests.converters import test_hub
 from tests.parity.hf_published import PUBLISHED, published_config, published_model
 from tests.parity.reference import (
     FP32_TOL,
@@ -30,6 +32,7 @@ from tests.parity.reference import (
 )
 
 TOL = FP32_TOL["hf_vit"]
+offline_hub = test_hub.offline_hub  # the fixture: an empty hub cache in offline mode
 FAMILIES = ("hf_dinov2", "hf_clip", "hf_siglip")
 NAMES = sorted(n for f in FAMILIES for n in vitjax.list_models(family=f))
 
@@ -243,3 +246,28 @@ def test_flax_msgpack_loads(name, tmp_path):
     assert rel_err(loaded(nchw_to_nhwc(x)), pooled) <= TOL
     for key, value in converters.to_torch(loaded, target="hf").items():
         assert np.array_equal(value, ref.state_dict()[key].numpy()), key
+
+
+def test_pretrained_from_the_hub_cache(offline_hub):
+    """``pretrained=True`` fetches the id's transformers repo (here an offline hub cache holding a full
+    SiglipModel file, text tower included) and records transformers' preprocessing for the id."""
+    from safetensors.torch import save_file
+
+    from converters.tables import tables_for
+    from tests.converters.helpers import write_hub_file
+
+    name = "google/siglip-base-patch16-224"
+    overrides = dict(SMALL, img_size=32, patch_size=16)
+    ref = reference(name, seed=8, **overrides)
+    model = converters.from_torch(vitjax.create_model(name, abstract=True, **overrides), ref.state_dict(), source="hf")
+    v4 = {
+        k: torch.from_numpy(np.array(v)) for k, v in converters.to_torch_with(model, tables_for(model, "hf")[1]).items()
+    }
+    v4["text_model.final_layer_norm.weight"] = torch.ones(4)
+    write_hub_file(offline_hub, name, "model.safetensors", lambda p: save_file(v4, str(p)))
+    loaded = vitjax.create_model(name, pretrained=True, **overrides)
+    assert loaded.pretrained_cfg["source"] == f"hub {name}/model.safetensors"
+    data = vitjax.data.resolve_model_data_config(loaded)
+    assert (data["crop_mode"], data["mean"], data["interpolation"]) == ("squash", (0.5, 0.5, 0.5), "bicubic")
+    x = torch.randn(1, 3, 32, 32)
+    assert rel_err(loaded(nchw_to_nhwc(x)), outputs(ref, x)[1]) <= TOL
