@@ -75,9 +75,10 @@ def test_kind_at_reduced_size(name, parity_results):
 # name.tag (None: the default tag) -> loaded from the hub cache at reduced width and depth, full img_size
 TAGS = [
     ("vit_small_patch14_reg4_dinov2", None),
-    ("vit_base_patch16_siglip_gap_224", "v2_webli"),
+    ("vit_base_patch16_siglip_224", "v2_webli"),
     ("vit_base_patch16_clip_224", "openai"),
     ("deit3_small_patch16_224", "fb_in22k_ft_in1k"),
+    ("deit_tiny_distilled_patch16_224", "fb_in1k"),
 ]
 NARROW = dict(depth=1, embed_dim=32, num_heads=2)
 

@@ -30,6 +30,7 @@ SMALL = dict(depth=2, embed_dim=64, num_heads=4, num_classes=10, img_size=(64, 4
 KINDS = {
     "deit_tiny_patch16_224": "class token, position table over class + patches",
     "deit3_small_patch16_224": "layer scale 1e-6, class token outside the position table",
+    "deit_small_distilled_patch16_224": "distillation token and head; eval logits are the mean of the two heads",
 }
 NAMES = vitjax.list_models(family="deit")
 
