@@ -1,6 +1,7 @@
 """DeiT (arXiv:2012.12877) and DeiT III (arXiv:2204.07118): timm ``models/deit.py`` as rows of the ViT config.
 
-DeiT is the classic ViT trained data-efficiently; DeiT III adds layer scale and keeps the class token out of
+DeiT is the classic ViT trained data-efficiently (the distilled models add a distillation token and head,
+``dist_token``); DeiT III adds layer scale and keeps the class token out of
 the position embedding (``no_embed_class``). Rows carry timm's entrypoint arguments and the default tag's
 ``img_size``; family ``deit`` (its own pretrained configs and checkpoint filter in timm), same model and
 converter table as ``vision_transformer``.
@@ -28,6 +29,11 @@ _TABLE: dict[str, dict[str, Any]] = {
     "deit_small_patch16_224": dict(_W["small"], patch_size=16, img_size=224),
     "deit_base_patch16_224": dict(_W["base"], patch_size=16, img_size=224),
     "deit_base_patch16_384": dict(_W["base"], patch_size=16, img_size=384),
+    # distilled: a distillation token beside the class token and its own head; eval averages the two heads
+    "deit_tiny_distilled_patch16_224": dict(_W["tiny"], patch_size=16, img_size=224, dist_token=True),
+    "deit_small_distilled_patch16_224": dict(_W["small"], patch_size=16, img_size=224, dist_token=True),
+    "deit_base_distilled_patch16_224": dict(_W["base"], patch_size=16, img_size=224, dist_token=True),
+    "deit_base_distilled_patch16_384": dict(_W["base"], patch_size=16, img_size=384, dist_token=True),
     "deit3_small_patch16_224": dict(_W["small"], **_DEIT3, patch_size=16, img_size=224),
     "deit3_small_patch16_384": dict(_W["small"], **_DEIT3, patch_size=16, img_size=384),
     "deit3_medium_patch16_224": dict(_W["medium"], **_DEIT3, patch_size=16, img_size=224),

@@ -29,6 +29,13 @@ _W: dict[str, dict[str, Any]] = {
     "giant": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11),
     "giantopt": dict(embed_dim=1536, depth=40, num_heads=16),
     "gigantic": dict(embed_dim=1664, depth=48, num_heads=16, mlp_ratio=64 / 13),
+    "so150m": dict(embed_dim=896, depth=18, num_heads=14, mlp_ratio=2.572),
+    "dinov2_giant": dict(embed_dim=1536, depth=40, num_heads=24, mlp_ratio=2.66667 * 2),  # packed SwiGLU: 8192
+    "beit3_giant": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=4.3637),
+    "aimv2_large": dict(embed_dim=1024, depth=24, num_heads=8, mlp_ratio=2.75),
+    "aimv2_huge": dict(embed_dim=1536, depth=24, num_heads=12, mlp_ratio=2.6667),
+    "aimv2_1b": dict(embed_dim=2048, depth=24, num_heads=16, mlp_ratio=2.75),
+    "aimv2_3b": dict(embed_dim=3072, depth=24, num_heads=24, mlp_ratio=2.6667),
 }
 
 
@@ -43,6 +50,24 @@ _DINOV2 = dict(init_values=1e-5, num_classes=0)
 _TIPS = dict(init_values=1.0, reg_tokens=1, no_embed_class=True, num_classes=0)
 _RADIO = dict(no_embed_class=True, final_norm=False, num_classes=0)
 _TANH = dict(act="gelu_tanh")
+_QUICK = dict(_CLIP, act="quick_gelu")  # OpenAI's and MetaCLIP's towers: x * sigmoid(1.702 x)
+_SIGLIP = dict(class_token=False, global_pool="map", num_classes=0)  # SigLIP: attention-pool (MAP) head
+_SWIGLU_PACKED = dict(mlp_layer="swiglu_packed", act="silu")
+_AIMV2 = dict(
+    class_token=False,
+    global_pool="avg",
+    fc_norm=False,
+    qkv_bias=False,
+    proj_bias=False,
+    act="silu",
+    mlp_layer="swiglu",
+    norm_layer="rmsnorm",
+    norm_eps=1e-5,
+    embed_norm=True,
+    num_classes=0,
+)
+_BEIT3 = dict(scale_attn_norm=True, scale_mlp_norm=True, global_pool="avg", norm_eps=1e-5)
+_XP = dict(pre_norm=True, no_embed_class=True, norm_layer="rmsnorm", block="parallel", qkv_bias=False, qk_norm=True)
 
 _TABLE: dict[str, dict[str, Any]] = {
     # classic sizes
@@ -59,6 +84,22 @@ _TABLE: dict[str, dict[str, Any]] = {
     "vit_base_patch16_rpn_224": _row(
         "base", 16, 224, qkv_bias=False, init_values=1e-5, class_token=False, block="res_post", global_pool="avg"
     ),
+    # InternViT-300M: built to run at any input size (position table resampled per call)
+    "vit_intern300m_patch14_448": _row(
+        "large", 14, 448, init_values=0.1, final_norm=False, dynamic_img_size=True, num_classes=0
+    ),
+    # "Three things everyone should know about ViTs": parallel blocks, and the deep-narrow baseline
+    "vit_small_patch16_18x2_224": _row("small", 16, 224, depth=18, init_values=1e-5, block="parallel_things"),
+    "vit_base_patch16_18x2_224": _row("base", 16, 224, depth=18, init_values=1e-5, block="parallel_things"),
+    # parallel-scaling blocks with qk-norm and RmsNorm (ViT-22B style)
+    "vit_base_patch16_xp_224": _row("base", 16, 224, **_XP),
+    "vit_large_patch14_xp_224": _row("large", 14, 224, **_XP),
+    "vit_huge_patch14_xp_224": _row("huge", 14, 224, **_XP),
+    # BEiT3 image towers: a norm inside attention and inside the MLP
+    "beit3_base_patch16_224": _row("base", 16, 224, **_BEIT3),
+    "beit3_large_patch16_224": _row("large", 16, 224, **_BEIT3),
+    "beit3_giant_patch14_224": _row("beit3_giant", 14, 224, **_BEIT3),
+    "beit3_giant_patch14_336": _row("beit3_giant", 14, 336, **_BEIT3),
     "eva_large_patch14_196": _row("large", 14, 196, global_pool="avg"),
     "eva_large_patch14_336": _row("large", 14, 336, global_pool="avg"),
     "flexivit_small": _row("small", 16, 240, no_embed_class=True),
@@ -93,6 +134,33 @@ _TABLE: dict[str, dict[str, Any]] = {
     "vit_giant_patch14_clip_224": _row("giant", 14, 224, **_CLIP, num_classes=1024),
     "vit_gigantic_patch14_clip_224": _row("gigantic", 14, 224, **_CLIP, num_classes=1280),
     "vit_gigantic_patch14_clip_378": _row("gigantic", 14, 378, **_CLIP, num_classes=1280),
+    "vit_base_patch32_clip_quickgelu_224": _row("base", 32, 224, **_QUICK, num_classes=512),
+    "vit_base_patch16_clip_quickgelu_224": _row("base", 16, 224, **_QUICK, num_classes=512),
+    "vit_large_patch14_clip_quickgelu_224": _row("large", 14, 224, **_QUICK, num_classes=768),
+    "vit_large_patch14_clip_quickgelu_336": _row("large", 14, 336, **_QUICK, num_classes=768),
+    "vit_huge_patch14_clip_quickgelu_224": _row("huge", 14, 224, **_QUICK, num_classes=1024),
+    "vit_huge_patch14_clip_quickgelu_378": _row("huge", 14, 378, **_QUICK, num_classes=1024),
+    "vit_gigantic_patch14_clip_quickgelu_224": _row("gigantic", 14, 224, **_QUICK, num_classes=1280),
+    # SigLIP / SigLIP2 towers with the MAP head
+    "vit_base_patch32_siglip_256": _row("base", 32, 256, **_SIGLIP, **_TANH),
+    "vit_base_patch16_siglip_224": _row("base", 16, 224, **_SIGLIP),
+    "vit_base_patch16_siglip_256": _row("base", 16, 256, **_SIGLIP),
+    "vit_base_patch16_siglip_384": _row("base", 16, 384, **_SIGLIP),
+    "vit_base_patch16_siglip_512": _row("base", 16, 512, **_SIGLIP),
+    "vit_large_patch16_siglip_256": _row("large", 16, 256, **_SIGLIP),
+    "vit_large_patch16_siglip_384": _row("large", 16, 384, **_SIGLIP),
+    "vit_large_patch16_siglip_512": _row("large", 16, 512, **_SIGLIP, **_TANH),
+    "vit_so400m_patch14_siglip_224": _row("so400m", 14, 224, **_SIGLIP),
+    "vit_so400m_patch14_siglip_378": _row("so400m", 14, 378, **_SIGLIP),
+    "vit_so400m_patch14_siglip_384": _row("so400m", 14, 384, **_SIGLIP),
+    "vit_so400m_patch16_siglip_256": _row("so400m", 16, 256, **_SIGLIP, **_TANH),
+    "vit_so400m_patch16_siglip_384": _row("so400m", 16, 384, **_SIGLIP, **_TANH),
+    "vit_so400m_patch16_siglip_512": _row("so400m", 16, 512, **_SIGLIP, **_TANH),
+    "vit_giantopt_patch16_siglip_256": _row("giantopt", 16, 256, **_SIGLIP, **_TANH),
+    "vit_giantopt_patch16_siglip_384": _row("giantopt", 16, 384, **_SIGLIP, **_TANH),
+    "vit_so150m_patch16_reg4_map_256": _row(
+        "so150m", 16, 256, class_token=False, reg_tokens=4, global_pool="map", num_classes=1000
+    ),
     # SigLIP / SigLIP2 / PaliGemma towers without the MAP head
     "vit_base_patch32_siglip_gap_256": _row("base", 32, 256, **_SIGLIP_GAP, **_TANH),
     "vit_base_patch16_siglip_gap_224": _row("base", 16, 224, **_SIGLIP_GAP),
@@ -119,10 +187,21 @@ _TABLE: dict[str, dict[str, Any]] = {
     "vit_small_patch14_reg4_dinov2": _row("small", 14, 518, **_DINOV2, reg_tokens=4, no_embed_class=True),
     "vit_base_patch14_reg4_dinov2": _row("base", 14, 518, **_DINOV2, reg_tokens=4, no_embed_class=True),
     "vit_large_patch14_reg4_dinov2": _row("large", 14, 518, **_DINOV2, reg_tokens=4, no_embed_class=True),
+    "vit_giant_patch14_dinov2": _row("dinov2_giant", 14, 518, **_DINOV2, **_SWIGLU_PACKED),
+    "vit_giant_patch14_reg4_dinov2": _row(
+        "dinov2_giant", 14, 518, **_DINOV2, **_SWIGLU_PACKED, reg_tokens=4, no_embed_class=True
+    ),
     # TIPSv2 (one register, layer scale initialised at 1)
     "vit_base_patch14_reg1_tipsv2": _row("base", 14, 448, **_TIPS),
     "vit_large_patch14_reg1_tipsv2": _row("large", 14, 448, **_TIPS),
     "vit_so400m_patch14_reg1_tipsv2": _row("so400m", 14, 448, **_TIPS, mlp_ratio=4304 / 1152),
+    "vit_giant_patch14_reg1_tipsv2": _row("dinov2_giant", 14, 448, **_TIPS, **_SWIGLU_PACKED),
+    # AIMv2: SwiGLU MLPs, RmsNorm everywhere (and after the patch embedding), no biases, average pooling
+    **{
+        f"aimv2_{w}_patch14_{img}": _row(f"aimv2_{w}", 14, img, **_AIMV2)
+        for w in ("large", "huge", "1b", "3b")
+        for img in (224, 336, 448)
+    },
     # C-RADIO v3 / v4 (registers, no final norm; timm resamples their position embedding bilinearly)
     "vit_base_patch16_radio_v3": _row("base", 16, 512, **_RADIO, init_values=1e-5, reg_tokens=7),
     "vit_large_patch16_radio_v3": _row("large", 16, 512, **_RADIO, init_values=1e-5, reg_tokens=7),
