@@ -215,16 +215,23 @@ def test_reset_classifier(name):
 
 
 def test_reset_classifier_pool_rules():
-    """As timm: an attention pool cannot be added or swapped by reset_classifier; a plain pool drops it."""
-    model = vitjax.create_model(BASE, **TINY, **case("map")[1])
+    """As timm: an attention pool cannot be added or swapped by reset_classifier; a plain pool drops it, and the
+    model then pools as timm's does after the same call."""
     with pytest.raises(ValueError, match="cannot change global_pool"):
-        model.reset_classifier(0, "prr")
-    plain = vitjax.create_model(BASE, **TINY)
+        ours("map").reset_classifier(0, "prr")
     with pytest.raises(ValueError, match="cannot change global_pool"):
-        plain.reset_classifier(0, "map")
+        vitjax.create_model(BASE, abstract=True, **TINY).reset_classifier(0, "map")
+    ref = timm_model("map", seed=6)
+    model = converters.from_torch(ours("map"), ref.state_dict(), source="timm")
+    ref.reset_classifier(3, "avg")
     model.reset_classifier(3, "avg")
     assert model.attn_pool is None and model.cfg.global_pool == "avg"
-    assert model(np.zeros((1, *SIZE, 3), np.float32)).shape == (1, 3)
+    x = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        want = ref.forward_head(ref.forward_features(x), pre_logits=True)
+    xj = nchw_to_nhwc(x)
+    assert rel_err(model.forward_head(model.forward_features(xj), pre_logits=True), want) <= TOL
+    assert model(xj).shape == (2, 3)
 
 
 def test_distilled_training_output():
@@ -304,3 +311,57 @@ def test_switch_params_and_axes(name):
         if isinstance(var, nnx.Param):
             axes = axes_of(var)
             assert axes is not None and len(axes) == len(var.get_value().shape), (path, axes)
+
+
+def test_distilled_position_table_resampled_as_timm(tmp_path):
+    """A DeiT-distilled checkpoint loaded at another img_size: the position table keeps both prefix rows (class
+    and distillation) and resamples the grid as timm's checkpoint_filter_fn does."""
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    src = timm_model("dist_token", seed=7, img_size=(32, 32))
+    path = tmp_path / "deit.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    new = (48, 32)
+    ref = VisionTransformerDistilled(**{**TINY, "img_size": new}).eval()
+    ref.load_state_dict(checkpoint_filter_fn(src.state_dict(), ref), strict=True)
+    model = vitjax.create_model(BASE, pretrained=str(path), **{**TINY, "img_size": new}, dist_token=True)
+    x = torch.randn(2, 3, *new)
+    with torch.no_grad():
+        want = ref(x)
+    assert rel_err(model(nchw_to_nhwc(x)), want) <= TOL
+
+
+def test_attention_pool_latent_options():
+    """The MAP layer's options timm's VisionTransformer leaves at their defaults (q/k norm, several latents
+    averaged) against timm's AttentionPoolLatent itself, float64."""
+    from flax import nnx
+    from timm.layers.attention_pool import AttentionPoolLatent as TimmPool
+
+    from vitjax.layers import AttentionPoolLatent, norm_factory
+
+    torch.manual_seed(8)
+    ref = TimmPool(32, num_heads=4, qk_norm=True, latent_len=3, pool_type="avg", norm_layer=LN5, mlp_ratio=2.0)
+    ref = randomize(ref.eval(), seed=8).double()
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    with torch.no_grad():
+        want = ref(x)
+    with jax.enable_x64(True):
+
+        def build():
+            norm = norm_factory("layernorm", eps=1e-5, rngs=nnx.Rngs(0))
+            kw = dict(qk_norm=True, latent_len=3, pool_type="avg", mlp_ratio=2.0)
+            return AttentionPoolLatent(32, 4, norm=norm, **kw, rngs=nnx.Rngs(0))
+
+        pool = nnx.eval_shape(build)  # shapes only: every weight is set from timm's below
+        filled = set()
+        for path, var in nnx.iter_graph(pool):
+            if isinstance(var, nnx.Param):
+                *mod, leaf = (str(p) for p in path)
+                key = ".".join([*mod, {"kernel": "weight", "scale": "weight"}.get(leaf, leaf)])
+                var.set_value(jax.numpy.asarray(sd[key].T if leaf == "kernel" else sd[key]))
+                filled.add(key)
+        assert filled == set(sd)
+        got = nnx.jit(lambda m, v: m(v))(pool, jax.numpy.asarray(x.numpy()))
+        assert rel_err64(got, want) <= TOL_F64
