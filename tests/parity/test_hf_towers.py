@@ -271,3 +271,16 @@ def test_pretrained_from_the_hub_cache(offline_hub):
     assert (data["crop_mode"], data["mean"], data["interpolation"]) == ("squash", (0.5, 0.5, 0.5), "bicubic")
     x = torch.randn(1, 3, 32, 32)
     assert rel_err(loaded(nchw_to_nhwc(x)), outputs(ref, x)[1]) <= TOL
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_verify_reference_is_the_published_one(name):
+    """``python -m converters verify`` builds its reference from vitjax's rows (``converters.verify.hf_tower``):
+    every published field must come out equal, for every id."""
+    from converters.verify import hf_tower
+
+    with torch.device("meta"):
+        ours = hf_tower(name).config.to_dict()
+    for key, value in published_config(name).to_dict().items():
+        if key not in ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype"):
+            assert ours[key] == value, (key, ours[key], value)
