@@ -284,3 +284,20 @@ def test_verify_reference_is_the_published_one(name):
     for key, value in published_config(name).to_dict().items():
         if key not in ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype"):
             assert ours[key] == value, (key, ours[key], value)
+
+
+def test_streamed_export_joins_the_fused_head(tmp_path):
+    """``python -m converters to-torch`` writes tensor by tensor (``converters.stream``): SigLIP's MAP head is
+    written as nn.MultiheadAttention's one ``in_proj_weight`` / ``in_proj_bias``, and the file loads strictly."""
+    from safetensors.torch import load_file
+
+    from converters.stream import save_torch
+
+    name = "google/siglip-so400m-patch14-384"
+    overrides = KINDS[name][0]
+    ref = reference(name, seed=9, **overrides)
+    model = converters.from_torch(vitjax.create_model(name, abstract=True, **overrides), ref.state_dict(), source="hf")
+    sd = load_file(str(save_torch(model, tmp_path / "siglip.safetensors", target="hf")))
+    assert set(sd) == set(ref.state_dict()) and "head.attention.in_proj_weight" in sd
+    for key, value in ref.state_dict().items():
+        assert torch.equal(sd[key], value), key
