@@ -82,6 +82,7 @@ def from_torch(
     for p in _PREFIXES.get(source, ()):
         sd = _strip(sd, p)
     table = _choose_table(inner, tables_for(inner, source), sd.keys())
+    sd = table.split(sd)
     steps = [st for st in plan(inner, table) if st.jax_key not in keep]
     shapes = shapes_of(sd)
     if prefix:  # features_only: the pruned layers and the head of a full checkpoint are not needed
@@ -132,7 +133,7 @@ def to_torch_with(model: nnx.Module, table: Table) -> dict[str, np.ndarray]:
             out[prefix + k] = np.require(a, requirements=["C", "W"])
     if table.extra_torch is not None:
         out.update({prefix + k: v for k, v in table.extra_torch(out).items()})
-    return out
+    return table.join(out, prefix)
 
 
 def other_classifier(have: Mapping[str, tuple[int, ...]], want: Mapping[str, tuple[int, ...]], what: str) -> bool:

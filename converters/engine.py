@@ -59,6 +59,47 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Fused:
+    """A torch tensor that holds several of a table's keys stacked in equal parts along its first axis (e.g.
+    ``nn.MultiheadAttention``'s ``in_proj_weight`` = ``[q; k; v]``, where vitjax keeps ``q`` and ``kv``
+    apart): on import it is split into ``parts`` (the keys the table's rules name), on export they are joined
+    back. A tensor that does not divide into equal parts stays whole, so the check reports it."""
+
+    key: str
+    parts: tuple[str, ...]
+
+
+class _SplitView(Mapping):
+    """A state_dict with its :class:`Fused` tensors shown as their parts (each part sliced when read)."""
+
+    def __init__(self, base: Mapping, parts: dict[str, tuple[str, int, int]]):
+        self._base, self._parts = base, parts  # part key -> (fused key, index, rows per part)
+        fused = {key for key, _, _ in parts.values()}
+        self._keys = [k for k in base if k not in fused] + list(parts)
+
+    def __getitem__(self, key: str):
+        if key in self._parts:
+            fused, i, rows = self._parts[key]
+            return self._base[fused][i * rows : (i + 1) * rows]
+        return self._base[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        base = (
+            self._base.shapes() if hasattr(self._base, "shapes") else {k: tuple(v.shape) for k, v in self._base.items()}
+        )
+        out = {k: tuple(base[k]) for k in self._keys if k not in self._parts}
+        for key, (fused, _, rows) in self._parts.items():
+            out[key] = (rows, *base[fused][1:])
+        return out
+
+
+@dataclass(frozen=True)
 class Table:
     """A family's naming table for one torch library ("timm" or "hf")."""
 
@@ -69,10 +110,30 @@ class Table:
     # import and written back by ``extra_torch`` on export
     ignore: Sequence[str] = ()
     extra_torch: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    fused: Sequence[Fused] = ()  # torch tensors that hold several of the table's keys
     _renames: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self):
         self._renames.extend((_compile(src, prefix=True), dst) for src, dst in self.renames)
+
+    def split(self, sd: Mapping) -> Mapping:
+        """``sd`` with each fused tensor replaced by its parts (``sd`` itself when it has none)."""
+        parts = {}
+        for f in self.fused:
+            if f.key in sd and f.key not in parts:
+                n = len(f.parts)
+                rows = tuple(sd[f.key].shape)[0]
+                if rows % n == 0:
+                    parts |= {p: (f.key, i, rows // n) for i, p in enumerate(f.parts)}
+        return _SplitView(sd, parts) if parts else sd
+
+    def join(self, out: dict[str, np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:
+        """An exported state_dict with each fused tensor's parts joined back into it, in place."""
+        for f in self.fused:
+            keys = [prefix + p for p in f.parts]
+            if all(k in out for k in keys):
+                out[prefix + f.key] = np.concatenate([out.pop(k) for k in keys], axis=0)
+        return out
 
     def ignored(self, key: str) -> bool:
         return any(re.fullmatch(p, key) for p in self.ignore)

@@ -76,6 +76,35 @@ def _hf_entry(name: str) -> dict[str, Any]:
     return {"tags": {"": row}}
 
 
+# transformers' image towers: their hub repos' preprocessor_config.json (resize with PIL's bicubic here, where
+# transformers 5 resizes uint8 tensors with torchvision's; the two differ by rounding)
+_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+_TOWER_DATA = {
+    "hf_dinov2": dict(_IMAGENET, size=224, crop_pct=224 / 256, crop_mode="center"),  # shortest edge 256, crop 224
+    "hf_clip": dict(
+        mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711), crop_mode="center"
+    ),
+    "hf_siglip": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_mode="squash"),
+}
+
+
+def _hf_tower_entry(name: str) -> dict[str, Any]:
+    data = _TOWER_DATA[vitjax.get_spec(name).family]
+    size = data.get("size") or vitjax.get_spec(name).config().img_size
+    row = {
+        "hf_hub_id": name,
+        "num_classes": 0,
+        "input_size": (3, size, size),
+        "interpolation": "bicubic",
+        "crop_pct": data.get("crop_pct", 1.0),
+        "crop_mode": data["crop_mode"],
+        "mean": data["mean"],
+        "std": data["std"],
+        "classifier": "classifier",
+    }
+    return {"tags": {"": row}}
+
+
 def generate() -> dict[str, Any]:
     import timm
     import transformers
@@ -83,7 +112,12 @@ def generate() -> dict[str, Any]:
     models = {}
     for name in vitjax.list_models():
         family = vitjax.get_spec(name).family
-        entry = _hf_entry(name) if family == "hf_vit" else _timm_entry(name)
+        if family == "hf_vit":
+            entry = _hf_entry(name)
+        elif family in _TOWER_DATA:
+            entry = _hf_tower_entry(name)
+        else:
+            entry = _timm_entry(name)
         if entry is not None:
             models[name] = entry
     return {"generated_from": {"timm": timm.__version__, "transformers": transformers.__version__}, "models": models}

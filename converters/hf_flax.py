@@ -3,8 +3,11 @@
 ``FlaxViTModel.save_pretrained`` wrote the module's parameter tree with ``flax.serialization``: nested dicts
 such as ``encoder/layer/0/attention/attention/query/kernel``, with ``vit/`` in front for
 ``FlaxViTForImageClassification``. Its module names are transformers-4's torch names, only the leaves and
-layouts are Flax's: ``kernel`` ``[in, out]`` (Dense) or ``[kh, kw, in, out]`` (Conv) and LayerNorm ``scale``.
-So a msgpack file becomes the state_dict the torch model would have saved, and the ordinary HF table loads it.
+layouts are Flax's: ``kernel`` ``[in, out]`` (Dense) or ``[kh, kw, in, out]`` (Conv), LayerNorm ``scale`` and
+``nn.Embed``'s ``embedding``. So a msgpack file becomes the state_dict the torch model would have saved, and
+the ordinary HF table loads it. The same holds for ``FlaxDinov2Model`` (``encoder/layer/{i}/...``) and
+``FlaxCLIPVisionModel`` / ``FlaxCLIPModel`` (``vision_model/...``, CLIP's text tower beside it), whose files
+the transformers-4 tables of :mod:`converters.tables.hf_towers` read. (transformers had no Flax SigLIP.)
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def flax_to_torch_layout(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
             elif value.ndim == 2:
                 value = value.T  # in, out -> out, in
             leaf = "weight"
-        elif leaf == "scale":
+        elif leaf in ("scale", "embedding"):  # LayerNorm scale, nn.Embed table (same layout as torch's)
             leaf = "weight"
         sd[f"{module}.{leaf}" if module else leaf] = np.ascontiguousarray(value)
     return sd

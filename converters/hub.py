@@ -107,7 +107,7 @@ def resolve(model: nnx.Module, pretrained: bool | str | os.PathLike, tag: str | 
     inner, _ = unwrap(model)
     name, family = inner.model_name, inner.family
     default_cfg = dict(getattr(inner, "pretrained_cfg", None) or get_pretrained_cfg(name, tag))
-    files = HF_FILES if family == "hf_vit" else TIMM_FILES
+    files = HF_FILES if family.startswith("hf_") else TIMM_FILES
     if pretrained is True:
         cfg = get_pretrained_cfg(name, tag)
         if not cfg.get("hf_hub_id"):
@@ -131,7 +131,7 @@ def resolve(model: nnx.Module, pretrained: bool | str | os.PathLike, tag: str | 
     repo = spec.removeprefix("hf-hub:")
     parts = repo.split("/")
     if len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")):
-        path = download(repo, HF_FILES if family == "hf_vit" else (*TIMM_FILES, "flax_model.msgpack"))
+        path = download(repo, HF_FILES if family.startswith("hf_") else (*TIMM_FILES, "flax_model.msgpack"))
         return Source(_kind_of_file(path), path, default_cfg, f"hub {repo}/{path.name}")
     raise CheckpointError(
         f"{spec}: no such file or directory; not a tag of {name} (its tags: {pretrained_tags(name)}) "

@@ -87,6 +87,12 @@ def torch_tensors(model: nnx.Module, target: str = "timm") -> dict[str, tuple[tu
         for k, a in extra.items():
             a = np.ascontiguousarray(a)
             out[prefix + k] = (a.shape, a.dtype, lambda a=a: a)
+    for f in table.fused:  # parts written as the one tensor that holds them
+        keys = [prefix + p for p in f.parts]
+        if all(k in out for k in keys):
+            parts = [out.pop(k) for k in keys]
+            shape = (sum(s[0] for s, _, _ in parts), *parts[0][0][1:])
+            out[prefix + f.key] = (shape, parts[0][1], lambda ps=parts: np.concatenate([p() for _, _, p in ps]))
     return out
 
 

@@ -30,7 +30,7 @@ TOLERANCE = 1e-4
 
 
 def source_of(name: str) -> str:
-    return "hf" if vitjax.get_spec(name).family == "hf_vit" else "timm"
+    return "hf" if vitjax.get_spec(name).family.startswith("hf_") else "timm"
 
 
 def randomize(module, seed: int = 0):
@@ -82,8 +82,43 @@ def hf_config(name: str, **overrides: Any):
     )
 
 
+_HF_ACTS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+
+
+def hf_tower(name: str, **overrides: Any):
+    """transformers' DINOv2 / CLIP / SigLIP vision model for a registered tower id, its config taken from
+    vitjax's row (``mlp_ratio`` / ``swiglu`` of a DINOv2 row are transformers' own fields)."""
+    import transformers
+
+    spec = vitjax.get_spec(name)
+    cfg, args = spec.config(**overrides), {**spec.args, **overrides}
+    common = dict(
+        hidden_size=cfg.embed_dim,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads,
+        image_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        num_channels=cfg.in_chans,
+        layer_norm_eps=cfg.norm_eps,
+    )
+    if spec.family == "hf_dinov2":
+        swiglu = bool(args.get("swiglu"))  # its SwiGLU is SiLU whatever hidden_act says; the hub's configs say gelu
+        kw = dict(common, mlp_ratio=args.get("mlp_ratio", 4), use_swiglu_ffn=swiglu, qkv_bias=cfg.qkv_bias)
+        kw |= dict(layerscale_value=cfg.init_values, hidden_act="gelu" if swiglu else _HF_ACTS[cfg.act])
+        if cfg.reg_tokens:
+            reg = transformers.Dinov2WithRegistersConfig(**kw, num_register_tokens=cfg.reg_tokens)
+            return transformers.Dinov2WithRegistersModel(reg)
+        return transformers.Dinov2Model(transformers.Dinov2Config(**kw))
+    kw = dict(common, intermediate_size=cfg.mlp_hidden, hidden_act=_HF_ACTS[cfg.act])
+    if spec.family == "hf_clip":
+        return transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**kw))
+    return transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**kw))
+
+
 def reference_model(name: str, **overrides: Any):
     """The reference torch model for a registered name, built by timm or transformers, in eval mode."""
+    if vitjax.get_spec(name).family != "hf_vit" and source_of(name) == "hf":
+        return hf_tower(name, **overrides).eval()
     if source_of(name) == "hf":
         from transformers import ViTModel
 
@@ -192,6 +227,8 @@ def verify(name: str, *, src: str | Path | None = None, batch: int = 2, seed: in
         back = converters.to_torch(model, target=source)
         exact = set(back) == set(sd) and all(np.array_equal(back[k], sd[k].numpy()) for k in sd)
     h, w = input_size(name)
+    if vitjax.get_spec(name).family == "hf_dinov2":  # as transformers' DINOv2 preprocessing: 224 px
+        h, w = model.pretrained_cfg.get("input_size", (3, h, w))[1:]
     x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
     want = reference_outputs(ref, name, x)
     got = jax_outputs(model, name, x.permute(0, 2, 3, 1).numpy())

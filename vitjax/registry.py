@@ -22,6 +22,7 @@ _FAMILY_MODULES = (
     "vitjax.models.deit",
     "vitjax.models.vit_relpos",
     "vitjax.models.hf_vit",
+    "vitjax.models.hf_towers",
     "vitjax.models.byoanet",
     "vitjax.models.maxxvit",
 )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from converters.engine import ConversionError, Table, unwrap
-from converters.tables import byobnet, hf_vit, maxxvit, vit
+from converters.tables import byobnet, hf_towers, hf_vit, maxxvit, vit
 
 # (vitjax family, torch library) -> the model's config -> table(s). A list holds alternative namings of one
 # library, tried in order of how many checkpoint keys they explain (transformers 4 vs 5 names, timm's
@@ -21,6 +21,9 @@ TABLES: dict[tuple[str, str], Callable[[Any], list[Table]]] = {
     ("vision_transformer_relpos", "timm"): lambda cfg: [vit.TIMM],
     ("deit", "timm"): lambda cfg: [vit.TIMM],
     ("hf_vit", "hf"): lambda cfg: [hf_vit.HF5, hf_vit.HF4],
+    ("hf_dinov2", "hf"): hf_towers.dinov2_tables,
+    ("hf_clip", "hf"): lambda cfg: [hf_towers.CLIP, hf_towers.CLIP_V4],
+    ("hf_siglip", "hf"): lambda cfg: [hf_towers.SIGLIP, hf_towers.SIGLIP_V4],
     ("byoanet", "timm"): lambda cfg: [byobnet.TIMM, byobnet.TIMM_FEATURES],
     ("maxxvit", "timm"): maxxvit.tables,
 }

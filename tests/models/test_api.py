@@ -39,6 +39,10 @@ def test_param_count_matches_reference(name):
             from tests.parity.reference import hf_published_config
 
             ref = ViTModel(hf_published_config(name), add_pooling_layer=True)
+        elif vitjax.get_spec(name).family.startswith("hf_"):  # DINOv2 / CLIP / SigLIP towers, published configs
+            from tests.parity.hf_published import published_model
+
+            ref = published_model(name)
         else:
             ref = reference_model(name)
     assert n == sum(p.numel() for p in ref.parameters())

@@ -34,11 +34,13 @@ def _inputs(dtype=jnp.float32):
     return q, k, v, jax.random.normal(keys[3], (1, H, N, N), dtype)
 
 
-@pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("case", ["no_bias", "bias", "one_query"])
 @pytest.mark.parametrize("cudnn", [False, True], ids=["xla", "cudnn_asked"])
-def test_fused_equals_plain(with_bias, cudnn):
+def test_fused_equals_plain(case, cudnn):
+    """Self-attention with and without a bias, and one query over N keys (the MAP head's latent)."""
     q, k, v, bias = _inputs()
-    bias = bias if with_bias else None
+    bias = bias if case == "bias" else None
+    q = q[:, :, :1] if case == "one_query" else q
 
     def loss(form):
         return lambda q, k, v: jnp.sum(jnp.sin(form(q, k, v, scale=0.35, bias=bias)))
