@@ -1,10 +1,11 @@
 """Fitting a timm / transformers state_dict to a vitjax model made for the same architecture at any size.
 
 How a checkpoint is adapted (:func:`load_state_dict_into`), mirroring timm's ``load_pretrained``: the state_dict's
-naming (timm / transformers) is detected from its keys, the family's filter (``converters.resample``) resamples
-position embeddings and patch kernels for another ``img_size`` / ``patch_size``, and a classifier whose shape
-differs from the model's (another ``num_classes``, or none) is dropped and the model keeps a freshly
-initialised one. Everything else must fit exactly (``converters.from_torch``'s strict check).
+naming (timm / transformers) is detected from its keys (the original formats timm's ViT filter reads, OpenAI
+CLIP, open_clip, Meta DINOv2, AIMv2, are renamed to timm's by :mod:`converters.originals`), the family's filter
+(``converters.resample``) resamples position embeddings and patch kernels for another ``img_size`` /
+``patch_size``, and a classifier whose shape differs from the model's (another ``num_classes``, or none) is
+dropped and the model keeps a freshly initialised one. Everything else must fit exactly (``converters.from_torch``'s strict check).
 
 Used by every reader of :mod:`converters.hub` (and by :mod:`converters.orbax_io` for a checkpoint of another
 size); :func:`fresh_weights` also by :mod:`converters.npz`.
@@ -18,7 +19,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from converters import from_torch, other_classifier
+from converters import from_torch, originals, other_classifier
 from converters.engine import ConversionError, expected_torch_shapes, plan, unwrap, weights
 from converters.io import shapes_of
 from converters.resample import Resize, Target, apply_filter
@@ -131,7 +132,8 @@ def load_state_dict_into(
     sd = StateDictView(sd)
     if prefix:  # timm's features_only checkpoints carry `model.`
         sd.rename(lambda k: k.removeprefix("model."))
-    naming = naming or _detect_naming(inner, sd.keys())
+    original = originals.to_timm(sd, inner.family, what) if naming in (None, "timm") else None
+    naming = "timm" if original else naming or _detect_naming(inner, sd.keys())
     if naming == "hf":  # ViTForImageClassification: `vit.*` (+ `classifier.*`) around ViTModel's keys
         sd.rename(lambda k: k.removeprefix("vit."))
     table = _table_for(inner, naming, sd.keys())
@@ -171,5 +173,5 @@ def load_state_dict_into(
                 "\n  (a checkpoint without the pooler, such as ViTForImageClassification's: build the model with "
                 "representation_size=None and num_classes=<its classes>)"
             )
-        raise ConversionError(msg) from None
+        raise ConversionError(originals.explain(msg, original) if original else msg) from None
     return model
