@@ -5,7 +5,8 @@ naming (timm / transformers) is detected from its keys (the original formats tim
 CLIP, open_clip, Meta DINOv2, AIMv2, are renamed to timm's by :mod:`converters.originals`), the family's filter
 (``converters.resample``) resamples position embeddings and patch kernels for another ``img_size`` /
 ``patch_size``, and a classifier whose shape differs from the model's (another ``num_classes``, or none) is
-dropped and the model keeps a freshly initialised one. Everything else must fit exactly (``converters.from_torch``'s strict check).
+dropped and the model keeps a freshly initialised one. Everything else must fit exactly
+(``converters.from_torch``'s strict check).
 
 Used by every reader of :mod:`converters.hub` (and by :mod:`converters.orbax_io` for a checkpoint of another
 size); :func:`fresh_weights` also by :mod:`converters.npz`.
