@@ -202,3 +202,23 @@ def test_bad_original_files_name_the_key_and_the_file(tmp_path):
     path = _save(original, tmp_path / "bad_dinov2.pth")
     with pytest.raises(converters.ConversionError, match=r"bad_dinov2\.pth.*cls_token"):
         vitjax.create_model(name, pretrained=path, **switches, **DINOV2_ARGS)
+
+
+@pytest.mark.slow  # a full-size ViT-Ti through the CLI (~20 s): create_model's path is the default suite's
+def test_to_jax_reads_an_original_file(tmp_path):
+    """``python -m converters to-jax`` takes the same path: a DINOv2-layout file (timm's names plus Meta's
+    ``mask_token``) into a vitjax checkpoint directory that loads into a model equal to timm's."""
+    from converters.__main__ import EXIT_OK, main
+
+    name = "vit_tiny_patch16_224"
+    src = randomized_timm(name, num_classes=10)
+    original = {**src.state_dict(), "mask_token": torch.randn(1, 192)}
+    path = _save(original, tmp_path / "dinov2_layout.pth")
+    out = tmp_path / "ckpt"
+    assert main(["to-jax", "--model", name, "--src", path, "--out", str(out), "--num-classes", "10"]) == EXIT_OK
+    model = vitjax.create_model(name, pretrained=out, num_classes=10)
+    ref = timm_through_filter(name, original, num_classes=10)
+    x = image(224, 224, batch=1)
+    with torch.no_grad():
+        want = ref(x)
+    assert rel_err(fwd(model, nchw_to_nhwc(x)), want) <= TOL
