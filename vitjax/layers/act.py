@@ -21,9 +21,15 @@ def gelu(x: jax.Array) -> jax.Array:
     return x * 0.5 * (1.0 + jax.lax.erf(x * (1 / math.sqrt(2))))
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's sigmoid approximation of GELU, ``x * sigmoid(1.702 x)`` (timm ``quick_gelu``)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
 _ACTS: dict[str, Act] = {
     "gelu": gelu,
     "gelu_tanh": partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": quick_gelu,
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,

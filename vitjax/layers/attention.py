@@ -17,7 +17,7 @@ from jax import numpy as jnp
 
 from vitjax.layers.drop import Dropout, maybe
 from vitjax.layers.linear import Linear, normal_param
-from vitjax.layers.norm import LayerNorm, RmsNorm
+from vitjax.layers.norm import LayerNorm, NormFactory, RmsNorm
 from vitjax.sharding import EMBED, QKV
 from vitjax.xla_cpu import softmax_parts
 
@@ -76,20 +76,26 @@ class Attention(nnx.Module):
         qkv_bias: bool = True,
         proj_bias: bool = True,
         qk_norm: bool = False,
+        scale_norm: bool = False,
         norm_eps: float = 1e-6,
+        norm: NormFactory | None = None,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         rngs: nnx.Rngs,
     ):
+        """``norm`` builds the q/k norms (per head) and the ``scale_norm`` (BEiT3: on the merged heads before
+        ``proj``); without it they are LayerNorms of eps ``norm_eps``."""
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        norm = norm or (lambda d, axis_name=None: LayerNorm(d, eps=norm_eps, axis_name=axis_name, rngs=rngs))
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = Linear(dim, 3 * dim, bias=qkv_bias, axes=(EMBED, QKV), rngs=rngs)
-        self.q_norm = LayerNorm(self.head_dim, eps=norm_eps, axis_name=None, rngs=rngs) if qk_norm else None
-        self.k_norm = LayerNorm(self.head_dim, eps=norm_eps, axis_name=None, rngs=rngs) if qk_norm else None
+        self.q_norm = norm(self.head_dim, axis_name=None) if qk_norm else None
+        self.k_norm = norm(self.head_dim, axis_name=None) if qk_norm else None
         self.attn_drop = Dropout(attn_drop, rngs=rngs)
+        self.norm = norm(dim, axis_name=QKV) if scale_norm else None
         self.proj = Linear(dim, dim, bias=proj_bias, axes=(QKV, EMBED), rngs=rngs)
         self.proj_drop = Dropout(proj_drop, rngs=rngs)
 
@@ -97,7 +103,7 @@ class Attention(nnx.Module):
         q, k, v = split_qkv(self.qkv, x, self.num_heads)  # each B, H, N, D
         q, k = maybe(self.q_norm, q), maybe(self.k_norm, k)
         out = attend(q, k, v, scale=self.scale, bias=bias, dropout=self.attn_drop)
-        return maybe(self.proj_drop, self.proj(merge_heads(out)))
+        return maybe(self.proj_drop, self.proj(maybe(self.norm, merge_heads(out))))
 
 
 class DiffAttention(nnx.Module):

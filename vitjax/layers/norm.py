@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Literal
 
 import jax
 from flax import nnx
@@ -37,6 +39,21 @@ class RmsNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         ms = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
         return x * jax.lax.rsqrt(ms + self.eps) * self.scale[...].reshape((1,) * (x.ndim - 1) + (-1,))
+
+
+NormKind = Literal["layernorm", "rmsnorm"]
+NORM_KINDS = ("layernorm", "rmsnorm")
+NormFactory = Callable[..., nnx.Module]  # (dim, axis_name=EMBED) -> norm layer
+
+
+def norm_factory(kind: NormKind, *, eps: float, axis_name: str | None = EMBED, rngs: nnx.Rngs) -> NormFactory:
+    """``dim -> norm layer`` for a model-wide ``norm_layer`` choice (timm passes its ``norm_layer`` class down to
+    every block, q/k norm and pool the same way)."""
+    if kind == "layernorm":
+        return lambda dim, axis_name=axis_name: LayerNorm(dim, eps=eps, axis_name=axis_name, rngs=rngs)
+    if kind == "rmsnorm":
+        return lambda dim, axis_name=axis_name: RmsNorm(dim, eps=eps, axis_name=axis_name)
+    raise ValueError(f"norm_layer must be one of {NORM_KINDS}, got {kind!r}")
 
 
 class BatchNorm(nnx.Module):

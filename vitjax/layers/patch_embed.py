@@ -6,6 +6,7 @@ import jax
 from flax import nnx
 
 from vitjax.layers.conv import create_conv2d
+from vitjax.layers.drop import maybe
 from vitjax.sharding import EMBED
 
 
@@ -23,8 +24,10 @@ class PatchEmbed(nnx.Module):
         *,
         bias: bool = True,
         strict_img_size: bool = True,
+        norm: nnx.Module | None = None,
         rngs: nnx.Rngs,
     ):
+        """``norm``: a norm over each patch embedding (timm's ``embed_norm_layer``, AIMv2)."""
         self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
         if self.patch_size[0] != self.patch_size[1]:
@@ -39,6 +42,7 @@ class PatchEmbed(nnx.Module):
         self.proj = create_conv2d(
             in_chans, embed_dim, p, stride=p, padding=0, bias=bias, axes=(None, None, None, EMBED), rngs=rngs
         )
+        self.norm = norm
 
     def check_size(self, h: int, w: int) -> None:
         if self.strict_img_size and (h, w) != self.img_size:
@@ -54,4 +58,4 @@ class PatchEmbed(nnx.Module):
         if x.ndim != 4:
             raise ValueError(f"expected an NHWC image batch, got shape {x.shape}")
         self.check_size(x.shape[1], x.shape[2])
-        return self.proj(x)  # B, Gh, Gw, C
+        return maybe(self.norm, self.proj(x))  # B, Gh, Gw, C
