@@ -107,8 +107,8 @@ def _errors(model, ref, size: int = IMG) -> dict[str, float]:
 
 
 CASES = {
-    "gap": dict(pool="gap"),
-    "gap_scanned": dict(pool="gap", scanned=True),
+    "map": dict(pool="map"),
+    "map_scanned": dict(pool="map", scanned=True),
     "gap+head": dict(pool="gap", classes=10),
 }
 
@@ -123,7 +123,15 @@ def test_siglip_npz_matches_timm(tmp_path, parity_results, case):
     assert max(errs.values()) <= TOL, errs
 
 
-@pytest.mark.parametrize("pool", ["gap"])
+def test_siglip_npz_at_another_size_matches_timm(tmp_path, parity_results):
+    """A 4x4 position grid read into a 48 px model: resampled bilinearly without antialias, as timm does."""
+    path = _save(siglip_npz("map"), tmp_path / "siglip.npz")
+    errs = _errors(_vitjax("map", path, img_size=48), _timm("map", path, img_size=48), size=48)
+    record(parity_results, "npz big_vision SigLIP", "map at 48 px", errs)
+    assert max(errs.values()) <= TOL, errs
+
+
+@pytest.mark.parametrize("pool", ["map", "gap"])
 def test_big_vision_export_is_read_by_timm(tmp_path, pool):
     """save_npz(layout="big_vision") gives back the file it was read from, bit for bit, and timm's _load_weights
     reads it into a model with the same outputs."""
@@ -140,7 +148,12 @@ def test_big_vision_export_is_read_by_timm(tmp_path, pool):
 
 
 def test_mismatched_towers_are_reported(tmp_path):
-    """A MAP tower's file read into a GAP tower: every offender named, with the file."""
+    """A MAP file without its probe, and a MAP file read into a GAP tower: every offender named, with the file."""
+    w = siglip_npz("map")
+    del w["params/img/MAPHead_0/probe"]
+    path = _save(w, tmp_path / "no_probe.npz")
+    with pytest.raises(converters.ConversionError, match=r"no_probe\.npz[\s\S]*missing    params/img/MAPHead_0/probe"):
+        _vitjax("map", path)
     path = _save(siglip_npz("map"), tmp_path / "map.npz")
     with pytest.raises(converters.ConversionError) as e:
         _vitjax("gap", path)
