@@ -24,6 +24,11 @@ SMALL = dict(embed_dim=64, depth=2, num_heads=4)
 # (timm name, vitjax name, architecture arguments both take): the vitjax row is a classic one with the
 # switches the timm name sets spelled out, so a wrong switch fails the parity check
 CLIP = ("vit_base_patch16_clip_224", "vit_base_patch16_224", dict(pre_norm=True, norm_eps=1e-5))
+CLIP_QUICKGELU = (
+    "vit_base_patch16_clip_quickgelu_224",
+    "vit_base_patch16_224",
+    dict(pre_norm=True, norm_eps=1e-5, act="quick_gelu"),
+)
 CLIP_ARGS = dict(SMALL, patch_size=8, img_size=32, num_classes=32)
 DINOV2 = ("vit_small_patch14_dinov2", "vit_small_patch16_224", dict(patch_size=14, init_values=1e-5))
 DINOV2_REG = (
@@ -31,7 +36,30 @@ DINOV2_REG = (
     "vit_small_patch16_224",
     dict(patch_size=14, init_values=1e-5, reg_tokens=4, no_embed_class=True),
 )
+DINOV2_GIANT = (  # Meta's packed SwiGLU (mlp.w12, mlp.w3); width 48 so that the packed hidden width is even
+    "vit_giant_patch14_dinov2",
+    "vit_base_patch16_224",
+    dict(patch_size=14, init_values=1e-5, mlp_ratio=2.66667 * 2, mlp_layer="swiglu_packed", act="silu", embed_dim=48),
+)
 DINOV2_ARGS = dict(SMALL, img_size=56, num_classes=0)
+AIMV2 = (
+    "aimv2_large_patch14_224",
+    "vit_base_patch16_224",
+    dict(
+        patch_size=14,
+        class_token=False,
+        fc_norm=False,
+        mlp_ratio=2.75,
+        global_pool="avg",
+        qkv_bias=False,
+        proj_bias=False,
+        act="silu",
+        norm_layer="rmsnorm",
+        norm_eps=1e-5,
+        embed_norm=True,
+        mlp_layer="swiglu",
+    ),
+)
 SIGLIP_GAP = (
     "vit_base_patch16_siglip_gap_224",
     "vit_base_patch16_224",
@@ -52,6 +80,16 @@ OPENAI_CLIP_NAMES = [
     (r"blocks\.(\d+)\.mlp\.fc1\.", r"transformer.resblocks.\1.mlp.c_fc."),
     (r"blocks\.(\d+)\.mlp\.fc2\.", r"transformer.resblocks.\1.mlp.c_proj."),
     (r"head\.weight$", "proj"),
+]
+# Apple's AIMv2 names (the ml-aim release: preprocessor + trunk)
+AIMV2_NAMES = [
+    (r"patch_embed\.", "preprocessor.patchifier."),
+    (r"pos_embed$", "preprocessor.pos_embed"),
+    (r"blocks\.(\d+)\.norm(\d)\.", r"trunk.blocks.\1.norm_\2."),
+    (r"blocks\.(\d+)\.mlp\.fc1_g\.", r"trunk.blocks.\1.mlp.fc1."),
+    (r"blocks\.(\d+)\.mlp\.fc1_x\.", r"trunk.blocks.\1.mlp.fc3."),
+    (r"blocks\.", "trunk.blocks."),
+    (r"norm\.", "trunk.post_trunk_norm."),
 ]
 # a few tensors of the text tower and the contrastive head: outside `visual.`, left out by timm and by vitjax
 TEXT_TOWER = {
@@ -95,12 +133,14 @@ def openai_clip_file(ref: torch.nn.Module, prefix: str = "visual.") -> dict[str,
     return out
 
 
-def dinov2_file(ref: torch.nn.Module) -> dict[str, torch.Tensor]:
+def dinov2_file(ref: torch.nn.Module, packed_mlp: bool = False) -> dict[str, torch.Tensor]:
     """Meta's DINOv2 state_dict of ``ref``: timm's names, plus ``mask_token``; with registers, Meta's
     ``register_tokens`` and a position table whose first row is the class token's."""
     sd = {k: v.clone() for k, v in ref.state_dict().items()}
     gen = torch.Generator().manual_seed(6)
     d = sd["cls_token"].shape[-1]
+    if packed_mlp:  # the giant's SwiGLU: Meta's w12 (gate and value in one) and w3
+        sd = {re.sub(r"\.mlp\.fc1\.", ".mlp.w12.", re.sub(r"\.mlp\.fc2\.", ".mlp.w3.", k)): v for k, v in sd.items()}
     if "reg_token" in sd:
         cls_pos = 0.2 * torch.randn(1, 1, d, generator=gen)
         sd["register_tokens"] = sd.pop("reg_token")
@@ -129,17 +169,23 @@ def assert_parity(model, ref, x: torch.Tensor, parity_results, case: str) -> Non
 
 
 def _save(sd: dict, path, wrap: str | None = None) -> str:
-    torch.save({wrap: sd} if wrap else sd, path)
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save({wrap: sd} if wrap else sd, path)
     return str(path)
 
 
-@pytest.mark.parametrize("layout", ["openai", "open_clip_ddp"])
+@pytest.mark.parametrize("layout", ["openai", "open_clip_ddp", "openai_quickgelu"])
 def test_openai_clip_matches_timm(tmp_path, parity_results, layout):
     """OpenAI's layout (also open_clip's own ViT in open_clip_pytorch_model.bin); ``open_clip_ddp``: an
-    open_clip training checkpoint, ``module.visual.*`` inside ``{"state_dict": ...}``."""
-    timm_name, name, switches = CLIP
+    open_clip training checkpoint, ``module.visual.*`` inside ``{"state_dict": ...}``; ``openai_quickgelu``: the
+    same names for the towers OpenAI trained with QuickGELU."""
+    timm_name, name, switches = CLIP_QUICKGELU if layout.endswith("quickgelu") else CLIP
     src = randomized_timm(timm_name, **CLIP_ARGS)
-    prefix, wrap = ("visual.", None) if layout == "openai" else ("module.visual.", "state_dict")
+    prefix, wrap = ("module.visual.", "state_dict") if layout == "open_clip_ddp" else ("visual.", None)
     original = openai_clip_file(src, prefix)
     if layout == "open_clip_ddp":
         original = {("module." + k if not k.startswith("module.") else k): v for k, v in original.items()}
@@ -165,23 +211,39 @@ def test_open_clip_timm_trunk_matches_timm(tmp_path, parity_results):
     assert_parity(model, ref, image(32, 32), parity_results, "open_clip timm trunk")
 
 
-@pytest.mark.parametrize("case", ["plain", "registers", "registers_at_84px"])
+@pytest.mark.parametrize("case", ["plain", "registers", "registers_at_84px", "giant_packed_swiglu"])
 def test_dinov2_pth_matches_timm(tmp_path, parity_results, case):
     """Meta's DINOv2 ``.pth`` (layer scale, ``mask_token`` left out); with registers the class token's
-    position moves into the token; at 84 px the 4x4 position grid is resampled as timm does."""
-    timm_name, name, switches = DINOV2 if case == "plain" else DINOV2_REG
-    src = randomized_timm(timm_name, **DINOV2_ARGS)
-    original = dinov2_file(src)
+    position moves into the token; at 84 px the file's 4x4 position grid is resampled as timm does; the
+    giant's MLP is a packed SwiGLU named ``w12`` / ``w3``."""
+    timm_name, name, switches = {"plain": DINOV2, "giant_packed_swiglu": DINOV2_GIANT}.get(case, DINOV2_REG)
+    made = {**DINOV2_ARGS, "embed_dim": switches.get("embed_dim", DINOV2_ARGS["embed_dim"])}  # the file's model
+    args = {**made, "img_size": 84} if case.endswith("84px") else made
+    original = dinov2_file(randomized_timm(timm_name, **made), packed_mlp=case.startswith("giant"))
     path = _save(original, tmp_path / "dinov2_vits14_pretrain.pth")
-    args = dict(DINOV2_ARGS, img_size=84) if case.endswith("84px") else DINOV2_ARGS
     ref = timm_through_filter(timm_name, original, **args)
-    model = vitjax.create_model(name, pretrained=path, **switches, **args)
-    size = args["img_size"]
-    assert_parity(model, ref, image(size, size), parity_results, f"Meta DINOv2 ({case})")
+    model = vitjax.create_model(name, pretrained=path, **{**switches, **args})
+    assert_parity(model, ref, image(args["img_size"], args["img_size"]), parity_results, f"Meta DINOv2 ({case})")
 
 
-def test_bad_original_files_name_the_key_and_the_file(tmp_path):
+def aimv2_file(ref: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {_respell(k, AIMV2_NAMES): v for k, v in ref.state_dict().items()}
+
+
+def test_aimv2_matches_timm(tmp_path, parity_results):
+    """Apple's AIMv2 layout: RmsNorm everywhere (one on the patch embedding), SwiGLU (fc1 gate, fc3 value)."""
+    timm_name, name, switches = AIMV2
+    original = aimv2_file(randomized_timm(timm_name, **DINOV2_ARGS))
+    path = _save(original, tmp_path / "aimv2.safetensors")
+    ref = timm_through_filter(timm_name, original, **DINOV2_ARGS)
+    model = vitjax.create_model(name, pretrained=path, **switches, **DINOV2_ARGS)
+    assert_parity(model, ref, image(56, 56), parity_results, "AIMv2")
+
+
+def test_bad_original_files_name_the_key_and_the_file(tmp_path, monkeypatch):
     """A missing, an extra and a mis-shaped key of an OpenAI CLIP file are named as the file spells them."""
+    # the "looks like <model>" guess builds full-size candidates (seconds); it has its own tests
+    monkeypatch.setattr(converters, "guess_model", lambda *a, **k: None)
     timm_name, name, switches = CLIP
     original = openai_clip_file(randomized_timm(timm_name, **CLIP_ARGS))
     del original["visual.transformer.resblocks.1.ln_2.bias"]
