@@ -41,6 +41,11 @@ DINOV2_GIANT = (  # Meta's packed SwiGLU (mlp.w12, mlp.w3); width 48 so that the
     "vit_base_patch16_224",
     dict(patch_size=14, init_values=1e-5, mlp_ratio=2.66667 * 2, mlp_layer="swiglu_packed", act="silu", embed_dim=48),
 )
+TIPSV2 = (
+    "vit_base_patch14_reg1_tipsv2",
+    "vit_small_patch16_224",
+    dict(patch_size=14, init_values=1.0, reg_tokens=1, no_embed_class=True),
+)
 DINOV2_ARGS = dict(SMALL, img_size=56, num_classes=0)
 AIMV2 = (
     "aimv2_large_patch14_224",
@@ -211,15 +216,20 @@ def test_open_clip_timm_trunk_matches_timm(tmp_path, parity_results):
     assert_parity(model, ref, image(32, 32), parity_results, "open_clip timm trunk")
 
 
-@pytest.mark.parametrize("case", ["plain", "registers", "registers_at_84px", "giant_packed_swiglu"])
+@pytest.mark.parametrize("case", ["plain", "registers", "registers_at_84px", "giant_packed_swiglu", "tipsv2"])
 def test_dinov2_pth_matches_timm(tmp_path, parity_results, case):
     """Meta's DINOv2 ``.pth`` (layer scale, ``mask_token`` left out); with registers the class token's
     position moves into the token; at 84 px the file's 4x4 position grid is resampled as timm does; the
-    giant's MLP is a packed SwiGLU named ``w12`` / ``w3``."""
-    timm_name, name, switches = {"plain": DINOV2, "giant_packed_swiglu": DINOV2_GIANT}.get(case, DINOV2_REG)
+    giant's MLP is a packed SwiGLU named ``w12`` / ``w3``; TIPSv2 keeps a DINOv2 under ``vision_encoder.``
+    beside its text encoder."""
+    cases = {"plain": DINOV2, "giant_packed_swiglu": DINOV2_GIANT, "tipsv2": TIPSV2}
+    timm_name, name, switches = cases.get(case, DINOV2_REG)
     made = {**DINOV2_ARGS, "embed_dim": switches.get("embed_dim", DINOV2_ARGS["embed_dim"])}  # the file's model
     args = {**made, "img_size": 84} if case.endswith("84px") else made
     original = dinov2_file(randomized_timm(timm_name, **made), packed_mlp=case.startswith("giant"))
+    if case == "tipsv2":
+        original = {"vision_encoder." + k: v for k, v in original.items()}
+        original["text_encoder.token_embedding.weight"] = torch.randn(100, 16)
     path = _save(original, tmp_path / "dinov2_vits14_pretrain.pth")
     ref = timm_through_filter(timm_name, original, **args)
     model = vitjax.create_model(name, pretrained=path, **{**switches, **args})
