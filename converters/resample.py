@@ -5,11 +5,9 @@ This is what timm's checkpoint filters do (``timm/layers/pos_embed.py:resample_a
 and what transformers' ``ViTEmbeddings.interpolate_pos_encoding`` does at run time, written with numpy so
 converters need no torch:
 
-* :func:`resize_matrix` is one axis of ``torch.nn.functional.interpolate`` (``align_corners=False``) as an
-  ``(out, in)`` matrix: ``antialias=True`` is the separable Pillow-style filter torch uses for its ``*_aa``
-  kernels (support scaled by the downsampling factor, Keys cubic with a = -0.5, weights renormalised at the
-  borders); ``antialias=False`` is torch's plain kernel (cubic a = -0.75 or linear, source index
-  ``(dst + 0.5) * in / out - 0.5``, taps clamped to the border). Weights are computed in float64.
+* :func:`vitjax.layers.pos_embed.resize_matrix` is one axis of ``torch.nn.functional.interpolate``
+  (``align_corners=False``, with or without antialias) as an ``(out, in)`` float64 matrix; it lives in vitjax
+  because models built with ``dynamic_img_size`` resize their position table with it on every call.
 * :func:`resample_abs_pos_embed`: prefix rows kept, the grid rows resized as an image.
 * :func:`resample_patch_embed`: FlexiViT's pseudo-inverse resize of a patch-embedding kernel (the kernel that
   keeps ``<resize(patch), kernel>`` unchanged).
@@ -27,11 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-Method = Literal["bicubic", "bilinear"]
+from vitjax.layers.pos_embed import Method, resize_matrix
 
 
 @dataclass(frozen=True)
@@ -45,55 +43,6 @@ class Resize:
 TIMM = Resize("bicubic", True)  # timm checkpoint_filter_fn
 TIMM_NPZ = Resize("bilinear", False)  # timm _load_weights (original .npz files)
 HF = Resize("bicubic", False)  # transformers interpolate_pos_encoding
-
-
-def _cubic(x: np.ndarray, a: float) -> np.ndarray:
-    x = np.abs(x)
-    near = ((a + 2) * x - (a + 3)) * x * x + 1
-    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
-
-
-def _linear(x: np.ndarray) -> np.ndarray:
-    return np.clip(1.0 - np.abs(x), 0.0, None)
-
-
-def resize_matrix(in_size: int, out_size: int, method: Method = "bicubic", antialias: bool = True) -> np.ndarray:
-    """``(out_size, in_size)`` float64 matrix ``M`` with ``resized = M @ signal`` along one axis."""
-    if method not in ("bicubic", "bilinear"):
-        raise ValueError(f"unsupported resize method {method!r} (bicubic or bilinear)")
-    m = np.zeros((out_size, in_size))
-    if in_size == out_size:
-        return np.eye(in_size)
-    scale = in_size / out_size
-    if antialias:
-        half = 2.0 if method == "bicubic" else 1.0  # filter support (taps / 2)
-        support = half * scale if scale >= 1 else half
-        inv = 1.0 / scale if scale >= 1 else 1.0
-        for i in range(out_size):
-            center = scale * (i + 0.5)
-            lo = max(int(center - support + 0.5), 0)
-            hi = min(int(center + support + 0.5), in_size)
-            x = (np.arange(lo, hi) - center + 0.5) * inv
-            w = _cubic(x, -0.5) if method == "bicubic" else _linear(x)
-            total = w.sum()
-            m[i, lo:hi] = w / total if total != 0 else w
-        return m
-    src = scale * (np.arange(out_size) + 0.5) - 0.5  # out
-    if method == "bilinear":
-        src = np.maximum(src, 0.0)
-        i0 = src.astype(np.int64)
-        i1 = np.minimum(i0 + 1, in_size - 1)
-        frac = src - i0
-        np.add.at(m, (np.arange(out_size), i0), 1.0 - frac)
-        np.add.at(m, (np.arange(out_size), i1), frac)
-        return m
-    base = np.floor(src).astype(np.int64)
-    t = src - base
-    taps = (_cubic(t + 1, -0.75), _cubic(t, -0.75), _cubic(1 - t, -0.75), _cubic(2 - t, -0.75))
-    for k, w in zip(range(-1, 3), taps, strict=True):
-        np.add.at(m, (np.arange(out_size), np.clip(base + k, 0, in_size - 1)), w)
-    return m
 
 
 def resize_grid(x: np.ndarray, size: tuple[int, int], resize: Resize = TIMM) -> np.ndarray:
@@ -277,6 +226,7 @@ def filter_none(sd: MutableMapping[str, Any], t: Target, resize: Resize = TIMM) 
 # (vitjax family, torch naming) -> (filter, default resize). Families not listed load only at their own size.
 FILTERS: dict[tuple[str, str], tuple[Filter, Resize]] = {
     ("vision_transformer", "timm"): (filter_vit_timm, TIMM),
+    ("deit", "timm"): (filter_vit_timm, TIMM),
     ("vision_transformer_relpos", "timm"): (filter_none, TIMM),
     ("hf_vit", "hf"): (filter_vit_hf, HF),
     ("maxxvit", "timm"): (filter_maxxvit_timm, TIMM),

@@ -18,6 +18,8 @@ from jax import numpy as jnp
 
 _FAMILY_MODULES = (
     "vitjax.models.vit",
+    "vitjax.models.vit_zoo",
+    "vitjax.models.deit",
     "vitjax.models.vit_relpos",
     "vitjax.models.hf_vit",
     "vitjax.models.byoanet",

@@ -19,6 +19,7 @@ from converters.tables import byobnet, hf_vit, maxxvit, vit
 TABLES: dict[tuple[str, str], Callable[[Any], list[Table]]] = {
     ("vision_transformer", "timm"): lambda cfg: [vit.TIMM],
     ("vision_transformer_relpos", "timm"): lambda cfg: [vit.TIMM],
+    ("deit", "timm"): lambda cfg: [vit.TIMM],
     ("hf_vit", "hf"): lambda cfg: [hf_vit.HF5, hf_vit.HF4],
     ("byoanet", "timm"): lambda cfg: [byobnet.TIMM, byobnet.TIMM_FEATURES],
     ("maxxvit", "timm"): maxxvit.tables,

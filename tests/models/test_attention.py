@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax import numpy as jnp
 
-from vitjax.layers.attention import attend
+from vitjax.layers.attention import attend, set_fused_attention
 from vitjax.xla_cpu import _normalised, _unnormalised
 
 B, H, N, D = 2, 3, 7, 4  # N != D, so the two divisions have different shapes
@@ -61,8 +61,14 @@ def _divisions(platform: str) -> list[str]:
 
 def test_each_platform_gets_its_form():
     """The CPU divides the output (B, H, N, D) once; on a TPU or a GPU the softmax divides the N x N weights (the
-    CPU form's training step took 16.86 GiB per v5e chip where the softmax's takes 15.17 GiB)."""
-    weights, out = f"{B}x{H}x{N}x{N}", f"{B}x{H}x{N}x{D}"
+    CPU form's training step took 16.86 GiB per v5e chip where the softmax's takes 15.17 GiB), in the fused form
+    (``jax.nn.dot_product_attention`` adds a group axis) and in the plain one."""
+    weights, out = f"{N}x{N}", f"{B}x{H}x{N}x{D}"
     assert _divisions("cpu") == [out]
-    for platform in ("tpu", "cuda"):
-        assert weights in _divisions(platform), platform
+    for fused in (True, False):
+        set_fused_attention(fused)
+        try:
+            for platform in ("tpu", "cuda"):
+                assert any(d.endswith(weights) for d in _divisions(platform)), (platform, fused)
+        finally:
+            set_fused_attention(True)

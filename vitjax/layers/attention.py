@@ -5,11 +5,17 @@ weight are ``[q; k; v]``, each head-major. We keep that one kernel (so checkpoin
 one plain matmul and transpose its output to heads-first ``(B, heads, N, head_dim)``, which XLA:CPU runs far
 faster than ``(B, N, heads, head_dim)`` batched matmuls. Projecting straight into the heads-first layout with one
 einsum made XLA:CPU transpose the layer-normed tokens and the kernel instead, which was slower.
+
+Off the CPU, :func:`attend` runs ``jax.nn.dot_product_attention`` (cuDNN flash attention on NVIDIA GPUs, whose
+memory does not grow with the N x N weights); ``VITJAX_FUSED_ATTENTION=0`` (read once, at import) or
+:func:`set_fused_attention` ``(False)`` keeps the plain form there too.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import jax
 from flax import nnx
@@ -20,6 +26,68 @@ from vitjax.layers.linear import Linear, normal_param
 from vitjax.layers.norm import LayerNorm, NormFactory, RmsNorm
 from vitjax.sharding import EMBED, QKV
 from vitjax.xla_cpu import softmax_parts
+
+
+def _fused_from_environment() -> bool:
+    value = os.environ.get("VITJAX_FUSED_ATTENTION", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"VITJAX_FUSED_ATTENTION={value!r}: expected 0 (plain) or 1 (fused off the CPU, the default)")
+    return value == "1"
+
+
+_fused = _fused_from_environment()
+
+
+def use_fused_attention() -> bool:
+    """Whether :func:`attend` runs ``jax.nn.dot_product_attention`` off the CPU (``VITJAX_FUSED_ATTENTION``,
+    :func:`set_fused_attention`)."""
+    return _fused
+
+
+def set_fused_attention(enable: bool = True) -> None:
+    """Fused attention off the CPU on (the default) or off (the plain einsum-softmax-einsum everywhere). A change
+    clears JAX's caches, as :func:`vitjax.set_cpu_kernels` does: a jitted function keeps the form it was traced
+    with."""
+    global _fused
+    if bool(enable) != _fused:
+        _fused = bool(enable)
+        jax.clear_caches()
+
+
+def attend_plain(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, bias: jax.Array | None = None, dropout=None
+) -> jax.Array:
+    """softmax(q k^T * scale + bias) v as two einsums and a softmax; on the CPU the softmax's division comes after
+    the PV product (:func:`vitjax.xla_cpu.softmax_parts`)."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k)  # B, H, Nq, Nk
+    if bias is not None:
+        logits = logits + bias
+    weights, total = softmax_parts(logits)  # softmax and ones; on the CPU exp(l - max) and its sum
+    weights = maybe(dropout, weights)
+    return jnp.einsum("bhqk,bhkd->bhqd", weights, v) / total  # B, H, Nq, D
+
+
+def attend_fused(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, bias: jax.Array | None = None, cudnn: bool = False
+) -> jax.Array:
+    """The same attention by ``jax.nn.dot_product_attention``: with ``cudnn``, cuDNN's flash attention where it
+    takes the dtype and shapes (bf16 / fp16, head dim a multiple of 8; it raises otherwise, and on a machine
+    without cuDNN, and then XLA's form is used), else XLA's (logits and softmax in float32 at least)."""
+    t = (0, 2, 1, 3)
+    qt, kt, vt = q.transpose(t), k.transpose(t), v.transpose(t)  # each B, N, H, D
+    if cudnn:
+        b = None if bias is None else bias.astype(q.dtype)
+        try:
+            out = jax.nn.dot_product_attention(qt, kt, vt, bias=b, scale=scale, implementation="cudnn")
+            return out.transpose(t)  # B, H, Nq, D
+        except (NotImplementedError, ValueError, RuntimeError):
+            pass
+    out = jax.nn.dot_product_attention(qt, kt, vt, bias=bias, scale=scale, implementation="xla")  # B, Nq, H, D
+    return out.transpose(t)  # B, H, Nq, D
+
+
+def _dropout_on(dropout: nnx.Dropout | None) -> bool:
+    return dropout is not None and dropout.rate > 0 and not dropout.deterministic
 
 
 def attend(
@@ -33,14 +101,23 @@ def attend(
 ) -> jax.Array:
     """softmax(q k^T * scale + bias) v on heads-first tensors ``(B, H, N, D)``.
 
-    On the CPU the softmax's division comes after the PV product (:func:`vitjax.xla_cpu.softmax_parts`).
+    Compiled for the CPU: :func:`attend_plain`. Elsewhere, while fused attention is on (the default) and no
+    attention dropout is active (the fused forms have none): :func:`attend_fused`, cuDNN's flash attention on
+    NVIDIA GPUs where it applies and XLA's ``dot_product_attention`` otherwise (TPU included). The choice is a
+    ``lax.platform_dependent``, so a program compiled ahead of time for a TPU from a CPU host gets the TPU's form.
     """
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k)  # B, H, Nq, Nk
-    if bias is not None:
-        logits = logits + bias
-    weights, total = softmax_parts(logits)  # softmax and ones; on the CPU exp(l - max) and its sum
-    weights = maybe(dropout, weights)
-    return jnp.einsum("bhqk,bhkd->bhqd", weights, v) / total  # B, H, Nq, D
+    if not _fused or _dropout_on(dropout):
+        return attend_plain(q, k, v, scale=scale, bias=bias, dropout=dropout)
+
+    def plain(q, k, v, bias):
+        return attend_plain(q, k, v, scale=scale, bias=bias)
+
+    def fused(q, k, v, bias, cudnn=False):
+        return attend_fused(q, k, v, scale=scale, bias=bias, cudnn=cudnn)
+
+    return jax.lax.platform_dependent(
+        q, k, v, bias, cpu=plain, cuda=functools.partial(fused, cudnn=True), default=fused
+    )
 
 
 def split_qkv(

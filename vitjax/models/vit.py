@@ -48,6 +48,7 @@ from vitjax.layers import (
 from vitjax.layers.attention import diff_lambda_init, diff_mix, merge_heads
 from vitjax.layers.classifier import PreLogits
 from vitjax.layers.linear import normal_param, zeros_param
+from vitjax.layers.pos_embed import resample_abs_pos_embed
 from vitjax.models.common import ClassifierMixin, feature_take_indices, run_block
 from vitjax.registry import variants
 from vitjax.sharding import CLASSES, EMBED, MLP, QKV
@@ -109,6 +110,8 @@ class ViTConfig:
     proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    dynamic_img_size: bool = False  # any input size: pos_embed resampled to its grid on every call
+    dynamic_img_pad: bool = False  # inputs padded to a patch multiple
 
     def __post_init__(self):
         def need(ok: bool, msg: str) -> None:
@@ -160,6 +163,10 @@ class ViTConfig:
                 "dist_token=True has no register tokens or no_embed_class",
             )
             need(not self.use_fc_norm and not self.representation_size, "dist_token=True has no fc_norm / pre-logits")
+        need(
+            not (self.dynamic_img_size and self.rel_pos != "none"),
+            "dynamic_img_size is not supported with a relative-position bias (its grid is fixed)",
+        )
         to_2tuple(self.img_size)
 
     @property
@@ -365,6 +372,8 @@ class VisionTransformer(ClassifierMixin, nnx.Module):
             cfg.in_chans,
             dim,
             bias=not cfg.pre_norm,
+            strict_img_size=not cfg.dynamic_img_size,
+            dynamic_img_pad=cfg.dynamic_img_pad,
             norm=norm(dim) if cfg.embed_norm else None,
             rngs=rngs,
         )
@@ -427,18 +436,22 @@ class VisionTransformer(ClassifierMixin, nnx.Module):
 
     def _embed(self, x: jax.Array) -> jax.Array:
         x = self.patch_embed(x)  # B, Gh, Gw, C
-        b, _, _, c = x.shape
+        b, gh, gw, c = x.shape
         x = x.reshape(b, -1, c)  # B, N, C
         prefix = [
             jnp.broadcast_to(t[...], (b, *t.shape[1:]))
             for t in (self.cls_token, self.dist_token, self.reg_token)
             if t is not None
         ]
-        if self.pos_embed is not None and self.cfg.no_embed_class:
-            x = x + self.pos_embed[...]
+        pos = None if self.pos_embed is None else self.pos_embed[...]
+        if pos is not None and self.cfg.dynamic_img_size:  # timm resamples the table to the input's grid
+            rows = 0 if self.cfg.no_embed_class else self.num_prefix_tokens
+            pos = resample_abs_pos_embed(pos, (gh, gw), self.patch_embed.grid_size, rows)  # 1, rows + N, C
+        if pos is not None and self.cfg.no_embed_class:
+            x = x + pos
         x = jnp.concatenate([*prefix, x], axis=1) if prefix else x  # B, P + N, C
-        if self.pos_embed is not None and not self.cfg.no_embed_class:
-            x = x + self.pos_embed[...]
+        if pos is not None and not self.cfg.no_embed_class:
+            x = x + pos
         x = maybe(self.pos_drop, x)
         return maybe(self.norm_pre, x)
 
@@ -496,7 +509,7 @@ class VisionTransformer(ClassifierMixin, nnx.Module):
         ``forward_intermediates(..., intermediates_only=True)``)."""
         take, _ = feature_take_indices(len(self.blocks), indices)
         b, h, w, _ = x.shape
-        gh, gw = h // self.cfg.patch_size, w // self.cfg.patch_size
+        gh, gw = self.patch_embed.dynamic_feat_size(h, w)
         x = self._embed(x)
         bias = self._shared_bias()
         out = []
