@@ -21,31 +21,23 @@ from tests.parity.reference import FP32_TOL, record
 TOL = FP32_TOL["vision_transformer"]
 SMALL = dict(embed_dim=64, depth=2, num_heads=4)
 
-# (timm name, vitjax name, architecture arguments both take): the vitjax row is a classic one with the
-# switches the timm name sets spelled out, so a wrong switch fails the parity check
-CLIP = ("vit_base_patch16_clip_224", "vit_base_patch16_224", dict(pre_norm=True, norm_eps=1e-5))
+# (timm name, vitjax name, vitjax-only arguments): vitjax's own row of the timm name where it has one; otherwise a
+# classic row with the switches the timm name sets spelled out, so that a wrong switch fails the parity check
+CLIP = ("vit_base_patch16_clip_224", "vit_base_patch16_clip_224", {})
 CLIP_QUICKGELU = (
     "vit_base_patch16_clip_quickgelu_224",
     "vit_base_patch16_224",
     dict(pre_norm=True, norm_eps=1e-5, act="quick_gelu"),
 )
 CLIP_ARGS = dict(SMALL, patch_size=8, img_size=32, num_classes=32)
-DINOV2 = ("vit_small_patch14_dinov2", "vit_small_patch16_224", dict(patch_size=14, init_values=1e-5))
-DINOV2_REG = (
-    "vit_small_patch14_reg4_dinov2",
-    "vit_small_patch16_224",
-    dict(patch_size=14, init_values=1e-5, reg_tokens=4, no_embed_class=True),
-)
+DINOV2 = ("vit_small_patch14_dinov2", "vit_small_patch14_dinov2", {})
+DINOV2_REG = ("vit_small_patch14_reg4_dinov2", "vit_small_patch14_reg4_dinov2", {})
 DINOV2_GIANT = (  # Meta's packed SwiGLU (mlp.w12, mlp.w3); width 48 so that the packed hidden width is even
     "vit_giant_patch14_dinov2",
     "vit_base_patch16_224",
     dict(patch_size=14, init_values=1e-5, mlp_ratio=2.66667 * 2, mlp_layer="swiglu_packed", act="silu", embed_dim=48),
 )
-TIPSV2 = (
-    "vit_base_patch14_reg1_tipsv2",
-    "vit_small_patch16_224",
-    dict(patch_size=14, init_values=1.0, reg_tokens=1, no_embed_class=True),
-)
+TIPSV2 = ("vit_base_patch14_reg1_tipsv2", "vit_base_patch14_reg1_tipsv2", {})
 DINOV2_ARGS = dict(SMALL, img_size=56, num_classes=0)
 AIMV2 = (
     "aimv2_large_patch14_224",
@@ -65,11 +57,7 @@ AIMV2 = (
         mlp_layer="swiglu",
     ),
 )
-SIGLIP_GAP = (
-    "vit_base_patch16_siglip_gap_224",
-    "vit_base_patch16_224",
-    dict(class_token=False, global_pool="avg", fc_norm=False),
-)
+SIGLIP_GAP = ("vit_base_patch16_siglip_gap_224", "vit_base_patch16_siglip_gap_224", {})
 
 # The original names, spelled by hand from the published layouts (OpenAI's CLIP VisionTransformer, Meta's
 # dinov2 hub models): timm name pattern -> original name.
@@ -183,16 +171,17 @@ def _save(sd: dict, path, wrap: str | None = None) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("layout", ["openai", "open_clip_ddp", "openai_quickgelu"])
+@pytest.mark.parametrize("layout", ["openai", "open_clip_ddp_quickgelu"])
 def test_openai_clip_matches_timm(tmp_path, parity_results, layout):
-    """OpenAI's layout (also open_clip's own ViT in open_clip_pytorch_model.bin); ``open_clip_ddp``: an
-    open_clip training checkpoint, ``module.visual.*`` inside ``{"state_dict": ...}``; ``openai_quickgelu``: the
-    same names for the towers OpenAI trained with QuickGELU."""
+    """OpenAI's layout (also open_clip's own ViT in open_clip_pytorch_model.bin); ``open_clip_ddp_quickgelu``:
+    an open_clip training checkpoint (``module.visual.*`` inside ``{"state_dict": ...}``) of a QuickGELU
+    tower, as OpenAI's own were trained."""
+    ddp = layout.startswith("open_clip_ddp")
     timm_name, name, switches = CLIP_QUICKGELU if layout.endswith("quickgelu") else CLIP
     src = randomized_timm(timm_name, **CLIP_ARGS)
-    prefix, wrap = ("module.visual.", "state_dict") if layout == "open_clip_ddp" else ("visual.", None)
+    prefix, wrap = ("module.visual.", "state_dict") if ddp else ("visual.", None)
     original = openai_clip_file(src, prefix)
-    if layout == "open_clip_ddp":
+    if ddp:
         original = {("module." + k if not k.startswith("module.") else k): v for k, v in original.items()}
     path = _save(original, tmp_path / "clip.bin", wrap)
     ref = timm_through_filter(timm_name, original, **CLIP_ARGS)
@@ -216,7 +205,7 @@ def test_open_clip_timm_trunk_matches_timm(tmp_path, parity_results):
     assert_parity(model, ref, image(32, 32), parity_results, "open_clip timm trunk")
 
 
-@pytest.mark.parametrize("case", ["plain", "registers", "registers_at_84px", "giant_packed_swiglu", "tipsv2"])
+@pytest.mark.parametrize("case", ["plain", "registers_at_84px", "giant_packed_swiglu", "tipsv2"])
 def test_dinov2_pth_matches_timm(tmp_path, parity_results, case):
     """Meta's DINOv2 ``.pth`` (layer scale, ``mask_token`` left out); with registers the class token's
     position moves into the token; at 84 px the file's 4x4 position grid is resampled as timm does; the
