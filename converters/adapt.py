@@ -141,7 +141,17 @@ def load_state_dict_into(
     steps = plan(inner, table)
     want = {k: s for st in steps for k, s in zip(st.torch_keys, st.torch_shapes, strict=True)}
     src_size = tuple(cfg["input_size"][-2:]) if cfg.get("input_size") else None
-    sd = apply_filter(inner.family, naming, sd, Target(getattr(inner, "cfg", None), src_size, want), resize)
+    try:
+        sd = apply_filter(inner.family, naming, sd, Target(getattr(inner, "cfg", None), src_size, want), resize)
+    except ValueError as e:  # nothing to resample to: e.g. a position table made for another number of prefix tokens
+        have = shapes_of(sd)
+        msg = f"{what} does not fit {inner.model_name} (no resampling fits its size-dependent weights: {e})\n"
+        msg += "\n".join(
+            f"  shape      {k}: checkpoint {tuple(have[k])}, model needs {tuple(s)}"
+            for k, s in want.items()
+            if k in have and tuple(have[k]) != tuple(s)
+        )
+        raise ConversionError(originals.explain(msg, original) if original else msg) from None
 
     keep: list[str] = []
     if not prefix:  # a features_only model takes what it needs and has no classifier

@@ -264,6 +264,14 @@ def test_bad_original_files_name_the_key_and_the_file(tmp_path, monkeypatch):
     with pytest.raises(converters.ConversionError, match=r"bad_dinov2\.pth.*cls_token"):
         vitjax.create_model(name, pretrained=path, **switches, **DINOV2_ARGS)
 
+    # registers in the file, none in the model: its position table (class row folded out) fits no grid
+    original = dinov2_file(randomized_timm(timm_name, **DINOV2_ARGS))
+    path = _save(original, tmp_path / "reg4.pth")
+    with pytest.raises(converters.ConversionError) as e:
+        vitjax.create_model(DINOV2[1], pretrained=path, **DINOV2_ARGS)
+    assert "reg4.pth does not fit vit_small_patch14_dinov2" in str(e.value)
+    assert "shape      pos_embed: checkpoint (1, 16, 64), model needs (1, 17, 64)" in str(e.value)
+
 
 @pytest.mark.slow  # a full-size ViT-Ti through the CLI (~20 s): create_model's path is the default suite's
 def test_to_jax_reads_an_original_file(tmp_path):
