@@ -204,6 +204,12 @@ def test_open_clip_timm_trunk_matches_timm(tmp_path, parity_results):
     model = vitjax.create_model(name, pretrained=path, num_classes=24, **switches, **args)
     assert_parity(model, ref, image(32, 32), parity_results, "open_clip timm trunk")
 
+    # a projection with a bias (open_clip's proj_bias=True): vitjax keeps it (timm's filter sets zeros instead)
+    original["visual.head.proj.bias"] = torch.randn(24, generator=gen)
+    path = _save(original, tmp_path / "with_bias.bin")
+    model = vitjax.create_model(name, pretrained=path, num_classes=24, **switches, **args)
+    assert np.array_equal(np.asarray(model.head.bias[...]), original["visual.head.proj.bias"].numpy())
+
 
 @pytest.mark.parametrize("case", ["plain", "registers_at_84px", "giant_packed_swiglu", "tipsv2"])
 def test_dinov2_pth_matches_timm(tmp_path, parity_results, case):
