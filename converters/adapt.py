@@ -96,7 +96,10 @@ def _table_for(inner: nnx.Module, naming: str, keys) -> Any:
 
 def _classifier_prefixes(cfg: Mapping[str, Any], naming: str) -> tuple[str, ...]:
     c = cfg.get("classifier") or ("classifier" if naming == "hf" else "head")
-    return tuple(f"{x}." for x in ((c,) if isinstance(c, str) else c))
+    names = (c,) if isinstance(c, str) else tuple(c)
+    if naming != "hf" and "head" in names and "head_dist" not in names:
+        names += ("head_dist",)  # DeiT distilled: the distillation head is a classifier of the same classes
+    return tuple(f"{x}." for x in names)
 
 
 def fresh_weights(init: Callable[[], nnx.Module], paths: list[str]) -> dict[str, jax.Array]:

@@ -17,6 +17,8 @@ batch each process feeds. Exit status 1 when it does not fit.
 
 ``--find-batch`` reports the largest global batch that fits, each try one TPU compile (:func:`find_batch`, the
 search itself in :mod:`train.aot_search`); ``--table`` prints saved ``--json`` reports as a markdown table.
+``--attention plain`` compiles the plain attention form instead of ``jax.nn.dot_product_attention`` (the report
+and the table say which).
 
 jax's default backend stays the CPU (the TPU library serves only its compiler; the host lowers the step to count
 its FLOPs): :func:`main` sets ``jax_platforms`` to ``cpu`` unless ``JAX_PLATFORMS`` is set. A program that imports
@@ -49,6 +51,7 @@ from train.aot_report import GiB, Report, format_report, table
 from train.aot_search import ResumeError, search_batch
 from train.config import TrainConfig, parse_args
 from train.plan import StepPlan, make_plan, resolve_img_size
+from vitjax.layers.attention import set_fused_attention, use_fused_attention
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,7 @@ def settings(cfg: TrainConfig, topo: Topology, mesh: jax.sharding.Mesh) -> dict:
         precision=cfg.precision,
         remat=cfg.remat,
         fsdp_min_size=cfg.fsdp_min_size,
+        attention="fused" if use_fused_attention() else "plain",
     )
 
 
@@ -321,8 +325,16 @@ def main(argv: list[str] | None = None) -> int:
         help="--find-batch: continue the unfinished search whose report is in --json (if that file exists)",
     )
     p.add_argument("--hlo", help="write the compiled (optimised) HLO text of the step to this file")
+    p.add_argument(
+        "--attention",
+        choices=("fused", "plain"),
+        default="fused",
+        help="attention on the TPU: jax.nn.dot_product_attention (fused, vitjax's default off the CPU) or the "
+        "plain einsum-softmax-einsum (vitjax.set_fused_attention(False))",
+    )
     ours, rest = p.parse_known_args(argv)
     _host_backend_cpu()
+    set_fused_attention(ours.attention == "fused")
     if ours.table:
         reports = []
         for path in ours.table:

@@ -51,6 +51,7 @@ class Report:
     search: list = field(default_factory=list)  # --find-batch: [global batch, bytes per device, fits] per compile
     fsdp_min_size: int = 0  # parameters with fewer elements were not split over fsdp
     search_done: bool = True  # False in the --json file that --find-batch rewrites after each compile
+    attention: str = "plain"  # 'fused' (jax.nn.dot_product_attention) or 'plain'; reports before the switch: plain
 
 
 def gib(b: float) -> str:
@@ -111,8 +112,10 @@ def table(reports: list[dict]) -> str:
         if r.get("fsdp_min_size"):  # --fsdp-min-size: smaller parameters are whole on every device
             mesh += f" (params >= {r['fsdp_min_size']})"
         unfinished = "" if r.get("search_done", True) else ", search unfinished"
+        # reports made before the attention switch have no such field (and plain attention): their rows are kept
+        attention = f" ({r['attention']} attention)" if "attention" in r else ""
         lines.append(
-            f"| {r['model']} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['hosts']} | {mesh} "
+            f"| {r['model']}{attention} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['hosts']} | {mesh} "
             f"| {r['global_batch']} ({r['per_device_batch']}{unfinished}) | {fails[0] if fails else '-'} "
             f"| {r['total_bytes'] / GiB:.2f} of {r['hbm_bytes'] / GiB:.0f} GiB "
             f"| {r.get('program_flops_per_step', math.nan) / 1e12:.1f} TFLOP | {r['step_time_s'] * 1e3:.0f} ms "

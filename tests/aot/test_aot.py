@@ -354,3 +354,27 @@ def test_multi_host_topology_compiles(tmp_path, capsys):
     assert r["per_device_batch"] == 4 and r["fits"] and r["collectives"]["all-gather"]["count"] > 0
     assert "v5e:2x4 (8 x TPU v5e device(s), 2 host(s))" in out
     assert "global 32, per process 16 (x2 hosts), per data-parallel device 4" in out
+
+
+def test_attention_switch(reports, topos):
+    """``--attention plain`` compiles the plain form (vitjax.set_fused_attention(False)); the default, fused, is
+    ``jax.nn.dot_product_attention`` (XLA's form on a TPU). Both do the same maths; the report and the table say
+    which was compiled."""
+    from vitjax.layers.attention import set_fused_attention
+
+    fused = reports["fsdp"]
+    assert fused.attention == "fused"
+    set_fused_attention(False)
+    try:
+        cfg = parse_args([*TINY, *PRESETS["fsdp"][1], "--batch-size", "16", "--steps", "100"])
+        plain = aot.compile_report(cfg, topos["v5e:2x2"], total_steps=100)
+    finally:
+        set_fused_attention(True)
+    assert plain.attention == "plain" and plain.fits
+    assert plain.program_flops_per_step == pytest.approx(fused.program_flops_per_step, rel=0.02)
+    rows = aot_report.table([dataclasses.asdict(r) for r in (plain, fused)]).splitlines()[2:]
+    assert "vit_tiny_patch16_224 (plain attention) |" in rows[0] and "(fused attention) |" in rows[1]
+    old = {k: v for k, v in dataclasses.asdict(plain).items() if k != "attention"}  # a report from before the switch
+    assert aot_report.table([old]).splitlines()[2].startswith("| vit_tiny_patch16_224 | ")
+    with pytest.raises(SystemExit):
+        aot.main(["--topology", "v5e:2x2", "--attention", "flash", *TINY])

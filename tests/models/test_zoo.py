@@ -27,7 +27,7 @@ FAMILIES = {"vision_transformer": "vision_transformer", "deit": "deit"}  # vitja
 # timm names not registered, and why: the four test_vit* models (optional in the issue; timm's own smoke
 # tests), and the rows waiting for a model switch another branch of issue 26 adds (h26a: MAP head, QuickGELU,
 # SwiGLU, RmsNorm, the patch-embedding norm, scale norms, parallel-things and qk-norm parallel blocks, the DeiT
-# distillation token; h26c: dynamic_img_size). Nothing else may be missing.
+# distillation token). Nothing else may be missing.
 _SIGLIP_MAP = [f"vit_base_patch16_siglip_{s}" for s in (224, 256, 384, 512)] + [
     "vit_base_patch32_siglip_256",
     *(f"vit_large_patch16_siglip_{s}" for s in (256, 384, 512)),
@@ -55,7 +55,6 @@ _OTHER = [
     "vit_giant_patch14_dinov2",
     "vit_giant_patch14_reg4_dinov2",
     "vit_giant_patch14_reg1_tipsv2",
-    "vit_intern300m_patch14_448",
 ]
 _DISTILLED = [
     f"deit_{n}_distilled_patch16_{s}" for n, s in (("tiny", 224), ("small", 224), ("base", 224), ("base", 384))

@@ -133,7 +133,7 @@ def case(name: str):
 def timm_model(name: str, seed: int, **kw) -> torch.nn.Module:
     timm_kw, _, cls = case(name)
     torch.manual_seed(seed)
-    return randomize(cls(**TINY, **timm_kw, **kw).eval(), seed)
+    return randomize(cls(**{**TINY, **timm_kw, **kw}).eval(), seed)
 
 
 def ours(name: str, **kw):
@@ -265,3 +265,42 @@ def test_distilled_training_output():
 def test_config_rejects(bad, match):
     with pytest.raises(ValueError, match=match):
         vitjax.models.vit.ViTConfig(**bad)
+
+
+def test_distilled_heads_of_another_class_count_are_dropped(tmp_path, caplog):
+    """A DeiT-distilled checkpoint made for another class count loads with both heads (``head``, ``head_dist``)
+    left out and freshly initialised, and says so; the rest of the weights are the checkpoint's."""
+    import logging
+
+    from safetensors.torch import save_file
+
+    ref = timm_model("dist_token", seed=5, num_classes=5)
+    path = tmp_path / "deit5.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    with caplog.at_level(logging.WARNING, logger="converters"):
+        model = vitjax.create_model(BASE, pretrained=str(path), **TINY, dist_token=True)
+    assert "a classifier for 5 classes, the model's for 10" in caplog.text
+    assert "head.bias, head.weight, head_dist.bias, head_dist.weight" in caplog.text
+    assert model.head.kernel.shape == model.head_dist.kernel.shape == (32, 10)
+    x = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        want = ref.forward_features(x)
+    assert rel_err(model.forward_features(nchw_to_nhwc(x)), want) <= TOL
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_switch_params_and_axes(name):
+    """Abstract build: as many parameters as timm's model, each with one logical axis name (or None) per
+    dimension, so the sharding rules place the new weights (pools, gates, norms, distillation head) too."""
+    from flax import nnx
+
+    from vitjax.sharding import axes_of
+
+    timm_kw, _, cls = case(name)
+    model = ours(name)
+    n = sum(int(np.prod(v.get_value().shape)) for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Param))
+    assert n == sum(p.numel() for p in on_meta(cls, **TINY, **timm_kw).parameters())
+    for path, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Param):
+            axes = axes_of(var)
+            assert axes is not None and len(axes) == len(var.get_value().shape), (path, axes)

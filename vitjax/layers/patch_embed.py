@@ -39,9 +39,8 @@ class PatchEmbed(nnx.Module):
         self.patch_size = to_2tuple(patch_size)
         if self.patch_size[0] != self.patch_size[1]:
             raise ValueError("only square patches are supported")
-        for s, p in zip(self.img_size, self.patch_size, strict=True):
-            if s % p:
-                raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        # an img_size that is not a patch multiple is kept, as timm keeps it: the stride-p convolution drops the
+        # remainder (vit_so400m_patch14_siglip_384: 384 px, a 27 x 27 grid)
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.strict_img_size = strict_img_size
@@ -58,7 +57,7 @@ class PatchEmbed(nnx.Module):
                 f"input size {(h, w)} does not match the model's img_size {self.img_size}; "
                 f"build the model with create_model(..., img_size={(h, w)})"
             )
-        if not self.dynamic_img_pad and (h % self.patch_size[0] or w % self.patch_size[1]):
+        if not self.strict_img_size and not self.dynamic_img_pad and (h % self.patch_size[0] or w % self.patch_size[1]):
             raise ValueError(
                 f"input size {(h, w)} is not divisible by the patch size {self.patch_size}; "
                 "build the model with dynamic_img_pad=True to pad it"

@@ -1,9 +1,10 @@
 """Vision Transformer (arXiv:2010.11929) and its timm variants, in one configurable class.
 
-Mirrors timm ``models/vision_transformer.py`` (classic ViT, register tokens, GAP heads, parallel and
-differential-attention blocks) and ``models/vision_transformer_relpos.py`` (relative-position ViTs: no
-absolute position embedding, a relative-position bias in every attention layer). Hugging Face's
-``ViTModel`` is the classic layout with LayerNorm eps 1e-12 and a tanh "pooler" (``pre_logits``).
+Mirrors timm ``models/vision_transformer.py`` (classic ViT, register tokens, GAP / MAP / PRR heads, parallel,
+parallel-things and differential-attention blocks, SwiGLU MLPs, RmsNorm, BEiT3's scale norms),
+``models/deit.py`` (the distilled models' second token and head) and ``models/vision_transformer_relpos.py``
+(relative-position ViTs: no absolute position embedding, a relative-position bias in every attention layer).
+Hugging Face's ``ViTModel`` is the classic layout with LayerNorm eps 1e-12 and a tanh "pooler" (``pre_logits``).
 
 Attribute paths follow timm (``blocks.{i}.attn.qkv``, ``blocks.{i}.attn.rel_pos.mlp.fc1``) so the converter
 tables are lists of transposes. Inputs are NHWC; tokens are ``(B, N, C)`` with prefix tokens first

@@ -59,6 +59,10 @@ _TABLE: dict[str, dict[str, Any]] = {
     "vit_base_patch16_rpn_224": _row(
         "base", 16, 224, qkv_bias=False, init_values=1e-5, class_token=False, block="res_post", global_pool="avg"
     ),
+    # InternViT-300M: built to run at any input size (position table resampled per call)
+    "vit_intern300m_patch14_448": _row(
+        "large", 14, 448, init_values=0.1, final_norm=False, dynamic_img_size=True, num_classes=0
+    ),
     "eva_large_patch14_196": _row("large", 14, 196, global_pool="avg"),
     "eva_large_patch14_336": _row("large", 14, 336, global_pool="avg"),
     "flexivit_small": _row("small", 16, 240, no_embed_class=True),
