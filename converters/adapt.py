@@ -1,10 +1,12 @@
 """Fitting a timm / transformers state_dict to a vitjax model made for the same architecture at any size.
 
 How a checkpoint is adapted (:func:`load_state_dict_into`), mirroring timm's ``load_pretrained``: the state_dict's
-naming (timm / transformers) is detected from its keys, the family's filter (``converters.resample``) resamples
-position embeddings and patch kernels for another ``img_size`` / ``patch_size``, and a classifier whose shape
-differs from the model's (another ``num_classes``, or none) is dropped and the model keeps a freshly
-initialised one. Everything else must fit exactly (``converters.from_torch``'s strict check).
+naming (timm / transformers) is detected from its keys (the original formats timm's ViT filter reads, OpenAI
+CLIP, open_clip, Meta DINOv2, AIMv2, are renamed to timm's by :mod:`converters.originals`), the family's filter
+(``converters.resample``) resamples position embeddings and patch kernels for another ``img_size`` /
+``patch_size``, and a classifier whose shape differs from the model's (another ``num_classes``, or none) is
+dropped and the model keeps a freshly initialised one. Everything else must fit exactly
+(``converters.from_torch``'s strict check).
 
 Used by every reader of :mod:`converters.hub` (and by :mod:`converters.orbax_io` for a checkpoint of another
 size); :func:`fresh_weights` also by :mod:`converters.npz`.
@@ -18,7 +20,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from converters import from_torch, other_classifier
+from converters import from_torch, originals, other_classifier
 from converters.engine import ConversionError, expected_torch_shapes, plan, unwrap, weights
 from converters.io import shapes_of
 from converters.resample import Resize, Target, apply_filter
@@ -134,14 +136,25 @@ def load_state_dict_into(
     sd = StateDictView(sd)
     if prefix:  # timm's features_only checkpoints carry `model.`
         sd.rename(lambda k: k.removeprefix("model."))
-    naming = naming or _detect_naming(inner, sd.keys())
+    original = originals.to_timm(sd, inner.family, what) if naming in (None, "timm") else None
+    naming = "timm" if original else naming or _detect_naming(inner, sd.keys())
     if naming == "hf":  # ViTForImageClassification: `vit.*` (+ `classifier.*`) around ViTModel's keys
         sd.rename(lambda k: k.removeprefix("vit."))
     table = _table_for(inner, naming, sd.keys())
     steps = plan(inner, table)
     want = {k: s for st in steps for k, s in zip(st.torch_keys, st.torch_shapes, strict=True)}
     src_size = tuple(cfg["input_size"][-2:]) if cfg.get("input_size") else None
-    sd = apply_filter(inner.family, naming, sd, Target(getattr(inner, "cfg", None), src_size, want), resize)
+    try:
+        sd = apply_filter(inner.family, naming, sd, Target(getattr(inner, "cfg", None), src_size, want), resize)
+    except ValueError as e:  # nothing to resample to: e.g. a position table made for another number of prefix tokens
+        have = shapes_of(sd)
+        msg = f"{what} does not fit {inner.model_name} (no resampling fits its size-dependent weights: {e})\n"
+        msg += "\n".join(
+            f"  shape      {k}: checkpoint {tuple(have[k])}, model needs {tuple(s)}"
+            for k, s in want.items()
+            if k in have and tuple(have[k]) != tuple(s)
+        )
+        raise ConversionError(originals.explain(msg, original) if original else msg) from None
 
     keep: list[str] = []
     if not prefix:  # a features_only model takes what it needs and has no classifier
@@ -174,5 +187,5 @@ def load_state_dict_into(
                 "\n  (a checkpoint without the pooler, such as ViTForImageClassification's: build the model with "
                 "representation_size=None and num_classes=<its classes>)"
             )
-        raise ConversionError(msg) from None
+        raise ConversionError(originals.explain(msg, original) if original else msg) from None
     return model

@@ -18,12 +18,20 @@ npz key (vision_transformer layout)                          vitjax weight      
 ``Transformer/encoder_norm``                                 ``norm``                            (D,)
 ``pre_logits/{kernel,bias}``                                 ``pre_logits.fc`` (HF's pooler)     (D, D)
 ``head/{kernel,bias}``                                       ``head``                            (D, K)
+``MAPHead_0/probe``                                          ``attn_pool.latent``                (1, 1, D)
+``MAPHead_0/MultiHeadDotProductAttention_0/query``           ``attn_pool.q``                     (D, H, d), (H, d)
+``MAPHead_0/MultiHeadDotProductAttention_0/{key,value}``     ``attn_pool.kv`` (fused)            (D, H, d), (H, d)
+``MAPHead_0/MultiHeadDotProductAttention_0/out``             ``attn_pool.proj``                  (H, d, D), (D,)
+``MAPHead_0/LayerNorm_0``, ``MAPHead_0/MlpBlock_0/Dense_*``  ``attn_pool.norm``, ``.mlp.fc*``    (D,), (D, M)
 ==========================================================  ==================================  ===================
 
 ``big_vision`` names the block's modules ``LayerNorm_0/1``, ``MultiHeadDotProductAttention_0``, ``MlpBlock_0``,
 stores the position table as ``pos_embedding`` at the top, and may prefix everything with ``params/``; its
 scanned models stack the blocks on a leading axis under ``Transformer/encoderblock/``. Checkpoints saved with
-optimiser state carry ``opt/target/``. timm's ``vision_transformer._load_weights`` reads the same names, and
+optimiser state carry ``opt/target/``. Its SigLIP towers are ViTs without a class token, pooled by the MAP
+head (``MAPHead_0``, ``global_pool='map'``) or by the average (the GAP towers); a two-tower checkpoint keeps the
+image tower under ``params/img/`` (the text tower beside it is not read). ``layout="big_vision"`` writes
+``params/`` names, unscanned. timm's ``vision_transformer._load_weights`` reads the same names, and
 these loaders follow it: weights made for another size are resampled (bilinear, no antialias, as timm does for
 ``.npz``), a head of another size is left at its fresh initialisation, and ``pre_logits`` is loaded only into
 models that have it (the Hugging Face in21k ids).
@@ -99,6 +107,7 @@ def _entries(model: nnx.Module, names: _Names, block: Callable[[int], str], num_
         _copy("head.kernel", "head/kernel"),
         _copy("head.bias", "head/bias"),
     ]
+    out += _map_head_entries(h)
     for i in range(len(model.blocks)):
         b = block(i)
         mha = f"{b}{names.mha}/"
@@ -134,6 +143,53 @@ def _entries(model: nnx.Module, names: _Names, block: Callable[[int], str], num_
             _copy(f"blocks.{i}.mlp.fc2.bias", f"{b}{names.mlp}/Dense_1/bias"),
         ]
     return out
+
+
+def _map_head_entries(h: int) -> list[_Entry]:
+    """big_vision's ``MAPHead_0`` <-> timm's ``AttentionPoolLatent`` (``attn_pool``): the probe is the latent
+    query; ``query`` becomes ``q``, ``key`` and ``value`` one fused ``kv`` (keys first), as timm's loader does."""
+    mha = "MAPHead_0/MultiHeadDotProductAttention_0/"
+
+    def heads(k: np.ndarray) -> np.ndarray:
+        return k.reshape(k.shape[0], h, -1)  # D, H, d
+
+    return [
+        _copy("attn_pool.latent", "MAPHead_0/probe"),
+        _Entry(
+            "attn_pool.q.kernel",
+            (f"{mha}query/kernel",),
+            lambda w: w.reshape(w.shape[0], -1),  # D, H*d
+            lambda k: (heads(k),),
+        ),
+        _Entry(
+            "attn_pool.q.bias", (f"{mha}query/bias",), lambda b_: b_.reshape(-1), lambda v, h=h: (v.reshape(h, -1),)
+        ),
+        _Entry(
+            "attn_pool.kv.kernel",
+            (f"{mha}key/kernel", f"{mha}value/kernel"),
+            lambda *ws: np.concatenate([w.reshape(w.shape[0], -1) for w in ws], axis=1),  # D, 2 H*d
+            lambda k: tuple(heads(w) for w in np.split(k, 2, axis=1)),  # 2 x D, H, d
+        ),
+        _Entry(
+            "attn_pool.kv.bias",
+            (f"{mha}key/bias", f"{mha}value/bias"),
+            lambda *bs: np.concatenate([b_.reshape(-1) for b_ in bs]),  # 2 H*d
+            lambda v, h=h: tuple(b_.reshape(h, -1) for b_ in np.split(v, 2)),  # 2 x H, d
+        ),
+        _Entry(
+            "attn_pool.proj.kernel",
+            (f"{mha}out/kernel",),
+            lambda w: w.reshape(-1, w.shape[-1]),  # H*d, D
+            lambda k, h=h: (k.reshape(h, -1, k.shape[-1]),),  # H, d, D
+        ),
+        _copy("attn_pool.proj.bias", f"{mha}out/bias"),
+        _copy("attn_pool.norm.scale", "MAPHead_0/LayerNorm_0/scale"),
+        _copy("attn_pool.norm.bias", "MAPHead_0/LayerNorm_0/bias"),
+        _copy("attn_pool.mlp.fc1.kernel", "MAPHead_0/MlpBlock_0/Dense_0/kernel"),
+        _copy("attn_pool.mlp.fc1.bias", "MAPHead_0/MlpBlock_0/Dense_0/bias"),
+        _copy("attn_pool.mlp.fc2.kernel", "MAPHead_0/MlpBlock_0/Dense_1/kernel"),
+        _copy("attn_pool.mlp.fc2.bias", "MAPHead_0/MlpBlock_0/Dense_1/bias"),
+    ]
 
 
 def _check_family(inner: nnx.Module) -> None:
