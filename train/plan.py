@@ -47,6 +47,7 @@ class StepPlan:
     num_classes: int
     compute_dtype: Any
     data_cfg: dict  # the model's eval preprocessing (mean, std, crop_pct, interpolation), as timm's
+    plateau: schedule.Plateau | None = None  # --sched plateau: the lr is in the state, stepped by the loop
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -108,8 +109,13 @@ class StepPlan:
             compiler_options=dict(compiler_options) if compiler_options else None,
         )
 
+    @property
+    def sched_init(self) -> dict:
+        """The initial ``TrainState.sched`` (host arrays; empty unless ``--sched plateau``)."""
+        return schedule.Plateau.encode(self.plateau.init()) if self.plateau else {}
+
     def abstract_state(self) -> state_lib.TrainState:
-        return state_lib.abstract_state(self.parts, self.tx, self.shardings)
+        return state_lib.abstract_state(self.parts, self.tx, self.shardings, self.sched_init)
 
 
 def make_plan(
@@ -140,7 +146,9 @@ def make_plan(
         clip_grad=cfg.clip_grad,
         layer_decay=cfg.layer_decay,
     )
-    sh = state_lib.shardings(parts, tx, mesh, cfg.sharding, cfg.model_ema_decay > 0, cfg.fsdp_min_size)
+    plateau = schedule.plateau(cfg) if lr_fn is None else None
+    sched = schedule.Plateau.encode(plateau.init()) if plateau else {}
+    sh = state_lib.shardings(parts, tx, mesh, cfg.sharding, cfg.model_ema_decay > 0, cfg.fsdp_min_size, sched)
     return StepPlan(
         cfg=cfg,
         parts=parts,
@@ -152,4 +160,5 @@ def make_plan(
         num_classes=parts.model.cfg.num_classes,
         compute_dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32,
         data_cfg=vitjax.data.resolve_model_data_config(parts.model),
+        plateau=plateau,
     )
