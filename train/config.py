@@ -113,6 +113,7 @@ class TrainConfig:
     mesh: dict[str, int] = field(default_factory=dict)  # data/fsdp/tensor sizes; missing data = the rest
     sharding: Literal["auto", "dp", "fsdp", "tp"] = "auto"
     fsdp_min_size: int = 0  # parameters with fewer elements are not split over fsdp (0: all are)
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (default: per data-parallel device, as DDP)
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None

@@ -25,6 +25,7 @@ from train import optim, schedule
 from train import state as state_lib
 from train.config import TrainConfig
 from train.steps import make_train_step
+from vitjax.layers.norm import BatchNorm
 
 
 def resolve_img_size(cfg: TrainConfig) -> int:
@@ -118,6 +119,12 @@ class StepPlan:
         return state_lib.abstract_state(self.parts, self.tx, self.shardings, self.sched_init)
 
 
+def bn_groups(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> int:
+    """BatchNorm's statistic groups: one per data-parallel device (each device's slice of the batch, as timm's
+    DDP replicas), or one for the whole batch with ``--sync-bn``."""
+    return 1 if cfg.sync_bn else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def make_plan(
     cfg: TrainConfig,
     overrides: Mapping[str, Any],
@@ -133,7 +140,18 @@ def make_plan(
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.batch_size % dp:
         raise ValueError(f"global batch {cfg.batch_size} is not divisible by data x fsdp = {dp} devices")
-    parts = state_lib.build_parts(cfg.model, {**overrides, "img_size": img_size}, seed=cfg.seed, remat=cfg.remat)
+    groups = bn_groups(cfg, mesh)
+    parts = state_lib.build_parts(
+        cfg.model, {**overrides, "img_size": img_size}, seed=cfg.seed, remat=cfg.remat, bn_groups=groups
+    )
+    has_bn = any(isinstance(m, BatchNorm) for _, m in nnx.iter_modules(parts.model))
+    micro = cfg.batch_size // cfg.grad_accum_steps
+    if has_bn and groups > 1 and (cfg.batch_size % cfg.grad_accum_steps or micro % groups):
+        raise ValueError(
+            f"BatchNorm statistics per device: --batch-size {cfg.batch_size} / --grad-accum-steps "
+            f"{cfg.grad_accum_steps} does not give every one of the {groups} data-parallel devices a whole, equal "
+            "share; change them, or use --sync-bn"
+        )
     lr_fn = schedule.lr_schedule(cfg, total_steps, updates_per_epoch or max(total_steps, 1))
     tx = optim.make_optimizer(
         nnx.to_pure_dict(parts.params),

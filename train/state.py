@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 import vitjax
 from train import mesh as mesh_lib
+from vitjax.layers.norm import BatchNorm
 
 # The initialiser runs once: XLA's backend optimisations cost it seconds of compile time (on CPU) for nothing.
 RUN_ONCE = {"xla_backend_optimization_level": 0}
@@ -51,8 +52,14 @@ class ModelParts:
     batch_stats: nnx.State
 
 
-def build_parts(name: str, overrides: Mapping[str, Any], *, seed: int = 0, remat: bool = False) -> ModelParts:
+def build_parts(
+    name: str, overrides: Mapping[str, Any], *, seed: int = 0, remat: bool = False, bn_groups: int = 1
+) -> ModelParts:
+    """``bn_groups``: the statistic groups of every BatchNorm in train mode (``BatchNorm.stat_groups``)."""
     model = vitjax.create_model(name, seed=seed, abstract=True, **overrides)
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, BatchNorm):
+            m.stat_groups = bn_groups
     if remat:
         found = False
         for _, m in nnx.iter_modules(model):
