@@ -54,7 +54,9 @@ class BatchNorm(nnx.Module):
       normalises each with its own statistics, as each DDP replica of timm's ``train.py`` does with its share of
       the batch. The running statistics are updated with the mean over the slices of their mean and unbiased
       variance, which is what averaging the replicas' running statistics gives (timm's ``--dist-bn reduce``):
-      the update is affine with the same coefficients on every replica.
+      the update is affine with the same coefficients on every replica. That is timm run with ``--no-ddp-bb``; by
+      default DDP broadcasts rank 0's buffers before every forward, so there the running statistics follow rank
+      0's slice within an epoch and the epoch-end reduce averages only its last update.
     * compiled for the CPU, train mode has a hand-written gradient (:func:`vitjax.xla_cpu.batch_norm_train`):
       same forward values, gradients equal to about 1e-7. Other backends, ``data_axis``, ``stat_groups > 1`` and
       ``VITJAX_CPU_KERNELS=0`` keep JAX's derivative.
