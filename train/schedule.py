@@ -10,11 +10,11 @@ timm counts its schedule in ``t`` units: epochs by default (the lr changes at ep
   ``t_initial`` on (the cooldown); ``step`` ``lr * decay_rate ** (t // decay_t)``; ``multistep`` ``lr *
   decay_rate ** #{milestones m: m <= t + 1}`` (timm's convention); ``constant`` ``lr``.
 
-As in timm, the run lasts ``epochs`` (+ ``warmup_epochs`` with the prefix) + ``cooldown_epochs`` epochs of
-``len(train) // batch_size`` updates; with ``--aug-repeats``, an epoch is what timm's ``RepeatAugSampler``
-selects (``num_selected`` per process, about ``len(train) // 256 * 256`` over all), in whole per-process
-batches, as the length of timm's drop-last loader over that sampler (with ``--grad-accum-steps``, timm also
-counts a last partial accumulation; here an update is always ``batch_size`` examples). ``--warmup-steps N`` (a
+As in timm, the run lasts ``epochs`` (+ ``warmup_epochs`` with the prefix; + ``cooldown_epochs`` for cosine and
+poly) epochs of ``len(train) // batch_size`` updates; with ``--aug-repeats``, an epoch is what timm's
+``RepeatAugSampler`` selects (``num_selected`` per process, about ``len(train) // 256 * 256`` over all), in whole
+per-process batches, as the length of timm's drop-last loader over that sampler (with ``--grad-accum-steps``, timm
+also counts a last partial accumulation; here an update is always ``batch_size`` examples). ``--warmup-steps N`` (a
 warmup in updates, as a prefix, with the schedule per update) keeps the meaning it had before the epoch flags
 existed.
 
@@ -185,7 +185,10 @@ def total_steps(cfg: TrainConfig, num_train: int, num_replicas: int = 1) -> int:
     """``--steps``, else timm's number of epochs (with the warmup prefix and the cooldown) in updates."""
     if cfg.steps is not None:
         return cfg.steps
-    epochs = cfg.epochs + (cfg.warmup_epochs if warmup_prefix(cfg) else 0.0) + cfg.cooldown_epochs
+    # timm adds the cooldown to the run only for the schedules with cycles (cosine, poly); step, multistep and
+    # constant runs last --epochs (create_scheduler_v2's num_epochs)
+    cooldown = cfg.cooldown_epochs if cfg.sched in ("cosine", "poly") else 0.0
+    epochs = cfg.epochs + (cfg.warmup_epochs if warmup_prefix(cfg) else 0.0) + cooldown
     return math.ceil(epochs * updates_per_epoch(cfg, num_train, num_replicas))
 
 
