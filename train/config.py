@@ -3,11 +3,11 @@
 Flag names follow timm's ``train.py`` where it has one (``--opt``, ``--lr``, ``--weight-decay``, ``--momentum``,
 ``--sched``, ``--epochs``, ``--warmup-epochs``, ``--cooldown-epochs``, ``--warmup-lr``, ``--min-lr``,
 ``--warmup-prefix``, ``--decay-epochs``, ``--decay-milestones``, ``--decay-rate``, ``--sched-on-updates``,
-``--clip-grad``, ``--layer-decay``, ``--model-ema-decay``, ``--bce-loss``, ``--bce-target-thresh``, ``--mixup``,
-``--cutmix``, ``--drop-path``; ``--smoothing`` is spelled ``--label-smoothing``); ``--warmup-steps`` is a
-warmup in updates. A config file (``--config run.yaml``) may set any field by its name; flags given on the
-command line win over the file. A value outside a field's choices is a command-line error, from a flag or
-from the file.
+``--patience-epochs``, ``--clip-grad``, ``--layer-decay``, ``--model-ema-decay``, ``--bce-loss``,
+``--bce-target-thresh``, ``--mixup``, ``--cutmix``, ``--drop-path``; ``--smoothing`` is spelled
+``--label-smoothing``); ``--warmup-steps`` is a warmup in updates. A config file (``--config run.yaml``) may set any
+field by its name; flags given on the command line win over the file. A value outside a field's choices is a
+command-line error, from a flag or from the file.
 The augmentation flags are timm's (``--aa``, ``--reprob``, ``--remode``, ``--recount``, ``--color-jitter``,
 ``--train-interpolation``, ``--hflip``, ``--vflip``, ``--aug-repeats``, ``--crop-pct``; see ``train.augment``),
 except that ``--scale`` / ``--ratio`` take a comma-separated pair (``--scale 0.08,1``).
@@ -89,7 +89,8 @@ class TrainConfig:
     bce_loss: bool = False  # binary cross-entropy on the (mixed, smoothed) targets, as timm's BinaryCrossEntropy
     bce_target_thresh: float | None = None  # targets above it become 1, the rest 0
     momentum: float = 0.9  # sgd / nesterov / momentum
-    sched: Literal["cosine", "step", "multistep", "poly", "constant"] = "cosine"
+    sched: Literal["cosine", "step", "multistep", "poly", "constant", "plateau"] = "cosine"
+    patience_epochs: int = 10  # plateau: epochs without improvement of --eval-metric before the lr decays
     warmup_epochs: float = 0.0
     cooldown_epochs: float = 0.0  # at min_lr after the schedule (added to --epochs)
     warmup_prefix: bool | None = None  # None: True with --warmup-steps, else timm's False
@@ -112,6 +113,7 @@ class TrainConfig:
     mesh: dict[str, int] = field(default_factory=dict)  # data/fsdp/tensor sizes; missing data = the rest
     sharding: Literal["auto", "dp", "fsdp", "tp"] = "auto"
     fsdp_min_size: int = 0  # parameters with fewer elements are not split over fsdp (0: all are)
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (default: per data-parallel device, as DDP)
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
@@ -137,6 +139,8 @@ class TrainConfig:
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError("--layer-decay must be in (0, 1]")
         _check_augmentation(self)
+        if self.sched == "plateau":
+            _check_plateau(self)
 
     def model_overrides(self) -> dict[str, Any]:
         args = dict(self.model_args)
@@ -167,6 +171,18 @@ def _check_augmentation(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and not 0 <= v <= 1:
             raise ValueError(f"--{name} {v} not in [0, 1]")
+
+
+def _check_plateau(cfg: TrainConfig) -> None:
+    """The flags that ``--sched plateau`` cannot honour (timm asserts on or ignores them), as errors naming them."""
+    if cfg.sched_on_updates:
+        raise ValueError("--sched plateau steps the lr once per epoch, after its evaluation: drop --sched-on-updates")
+    if cfg.warmup_steps:
+        raise ValueError("--sched plateau counts its warmup in epochs: give --warmup-epochs, not --warmup-steps")
+    if cfg.cooldown_epochs:
+        raise ValueError("--sched plateau has no cooldown phase (timm ignores --cooldown-epochs for it): drop it")
+    if cfg.patience_epochs < 0:
+        raise ValueError(f"--patience-epochs {cfg.patience_epochs} must be >= 0")
 
 
 def _aug_flag(check):

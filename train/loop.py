@@ -2,7 +2,9 @@
 
 ``run(cfg)`` builds the mesh, the sharded state (restored from the newest readable checkpoint when the workdir
 has one), the jitted step with explicit shardings and the state donated, then steps, logs, evaluates and
-checkpoints. The same code runs on one CPU, on fake CPU devices, on several processes and on a TPU pod.
+checkpoints. With ``--sched plateau`` it evaluates at the end of every epoch and steps timm's plateau
+schedule on ``--eval-metric`` there (``train.schedule.Plateau``; its state is part of the checkpointed train
+state). The same code runs on one CPU, on fake CPU devices, on several processes and on a TPU pod.
 
 Preemption: SIGTERM makes the loop save a checkpoint at the current step and return (``preempted=True``).
 A run killed outright restarts from its newest checkpoint with the same command and reproduces, bit for bit
@@ -160,6 +162,11 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
     data = data_lib.load_dataset(cfg.data, img_size)
     total = schedule_lib.total_steps(cfg, len(data.train), nproc)
     upe = schedule_lib.updates_per_epoch(cfg, len(data.train), nproc)
+    if cfg.sched == "plateau" and len(data.val) == 0:
+        raise ValueError(
+            f"--sched plateau decays the lr on each epoch's --eval-metric {cfg.eval_metric}, but --data {cfg.data} "
+            "has no validation images; give data with a val split or another --sched"
+        )
     overrides = _overrides(cfg, data.num_classes)
     overrides["img_size"] = img_size
     plan = make_plan(
@@ -190,7 +197,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             weights, report = load_pretrained(cfg, overrides, sh)
             for line in report.lines():
                 log(f"[train] {line}")
-        st = state_lib.init_state(cfg.model, overrides, tx, sh, seed=cfg.seed, weights=weights)
+        st = state_lib.init_state(cfg.model, overrides, tx, sh, seed=cfg.seed, weights=weights, sched=plan.sched_init)
         start, data_state = 0, None
     if main:
         (workdir / "config.json").write_text(cfg.to_json())
@@ -274,6 +281,16 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             }
         return out
 
+    def step_plateau(state, epoch: int, metric: float):
+        """``state`` with the plateau schedule stepped after ``epoch`` epochs (the same on every process)."""
+        old = schedule_lib.Plateau.decode({k: np.asarray(v.addressable_data(0)) for k, v in state.sched.items()})
+        new = plan.plateau.step(old, epoch, metric)
+        if new.lr != old.lr:
+            progress.write(f"[sched] epoch {epoch}: {cfg.eval_metric} {metric:.4f}, lr {old.lr:.3g} -> {new.lr:.3g}")
+        host = schedule_lib.Plateau.encode(new)
+        put = lambda v: jax.make_array_from_callback(v.shape, rep, lambda i: v[i])
+        return state.replace(sched={k: put(np.asarray(v)) for k, v in host.items()})
+
     writer = MetricsWriter(workdir, enabled=main, resume_step=start)
     progress = Progress(total, start, enabled=main and cfg.progress)
     signals = _Signals()
@@ -317,12 +334,15 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
                 writer.write(rec)
                 progress.update(len(host), loss=f"{m['loss']:.4f}", img_s=f"{ips:.0f}")
                 stop = signals.agreed()
-            if cfg.eval_every and step % cfg.eval_every == 0 and not last:
+            epoch_end = plan.plateau is not None and step % upe == 0
+            if (cfg.eval_every and step % cfg.eval_every == 0 or epoch_end) and not last:
                 ev = evaluate(st)
                 writer.write({"kind": "eval", "step": step, **ev})
                 if best is not None:
                     best.save(step, st, ev)
                 progress.write(f"[eval] step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
+                if epoch_end:
+                    st = step_plateau(st, step // upe, ev[cfg.eval_metric])
             if stop:
                 ckpt.save(step, st, train_iter.get_state(), force=True)
                 ckpt.wait()

@@ -157,7 +157,7 @@ def make_optimizer(
     params: Mapping,
     *,
     opt: str,
-    lr_schedule: optax.Schedule,
+    lr_schedule: optax.Schedule | None,
     weight_decay: float,
     betas: tuple[float, float] | None = None,
     eps: float | None = None,
@@ -172,7 +172,8 @@ def make_optimizer(
         own global-norm clipping at 1, L2 decay inside the update and the trust ratio only where weight decay
         applies, ``always_adapt=False``), ``sgd`` / ``nesterov`` (SGD with Nesterov momentum, L2 decay added to
         the gradient), ``momentum`` (the same without Nesterov), ``lion``. ``betas`` and ``eps`` default to timm's
-    (Lion 0.9, 0.99; LAMB eps 1e-6)."""
+    (Lion 0.9, 0.99; LAMB eps 1e-6). ``lr_schedule`` None leaves the lr out (the updates are the negated
+    unit-lr direction): the train step multiplies them by the lr kept in its state (``--sched plateau``)."""
     b1, b2 = betas or DEFAULT_BETAS.get(opt, (0.9, 0.999))
     eps = eps if eps is not None else DEFAULT_EPS.get(opt, 1e-8)
     parts = [optax.clip_by_global_norm(clip_grad)] if clip_grad else []
@@ -200,7 +201,7 @@ def make_optimizer(
         raise ValueError(f"unknown optimizer {opt!r}; use adamw, nadamw, lamb, sgd, nesterov, momentum or lion")
     if layer_decay is not None and layer_decay != 1.0:
         parts.append(_scale_by_tree(layer_scales(params, layer_decay)))
-    parts.append(optax.scale_by_learning_rate(lr_schedule))
+    parts.append(optax.scale(-1.0) if lr_schedule is None else optax.scale_by_learning_rate(lr_schedule))
     return optax.chain(*parts)
 
 

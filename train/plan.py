@@ -25,6 +25,7 @@ from train import optim, schedule
 from train import state as state_lib
 from train.config import TrainConfig
 from train.steps import make_train_step
+from vitjax.layers.norm import BatchNorm
 
 
 def resolve_img_size(cfg: TrainConfig) -> int:
@@ -47,6 +48,7 @@ class StepPlan:
     num_classes: int
     compute_dtype: Any
     data_cfg: dict  # the model's eval preprocessing (mean, std, crop_pct, interpolation), as timm's
+    plateau: schedule.Plateau | None = None  # --sched plateau: the lr is in the state, stepped by the loop
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -108,8 +110,19 @@ class StepPlan:
             compiler_options=dict(compiler_options) if compiler_options else None,
         )
 
+    @property
+    def sched_init(self) -> dict:
+        """The initial ``TrainState.sched`` (host arrays; empty unless ``--sched plateau``)."""
+        return schedule.Plateau.encode(self.plateau.init()) if self.plateau else {}
+
     def abstract_state(self) -> state_lib.TrainState:
-        return state_lib.abstract_state(self.parts, self.tx, self.shardings)
+        return state_lib.abstract_state(self.parts, self.tx, self.shardings, self.sched_init)
+
+
+def bn_groups(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> int:
+    """BatchNorm's statistic groups: one per data-parallel device (each device's slice of the batch, as timm's
+    DDP replicas), or one for the whole batch with ``--sync-bn``."""
+    return 1 if cfg.sync_bn else mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 def make_plan(
@@ -127,7 +140,18 @@ def make_plan(
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.batch_size % dp:
         raise ValueError(f"global batch {cfg.batch_size} is not divisible by data x fsdp = {dp} devices")
-    parts = state_lib.build_parts(cfg.model, {**overrides, "img_size": img_size}, seed=cfg.seed, remat=cfg.remat)
+    groups = bn_groups(cfg, mesh)
+    parts = state_lib.build_parts(
+        cfg.model, {**overrides, "img_size": img_size}, seed=cfg.seed, remat=cfg.remat, bn_groups=groups
+    )
+    has_bn = any(isinstance(m, BatchNorm) for _, m in nnx.iter_modules(parts.model))
+    micro = cfg.batch_size // cfg.grad_accum_steps
+    if has_bn and groups > 1 and (cfg.batch_size % cfg.grad_accum_steps or micro % groups):
+        raise ValueError(
+            f"BatchNorm statistics per device: --batch-size {cfg.batch_size} / --grad-accum-steps "
+            f"{cfg.grad_accum_steps} does not give every one of the {groups} data-parallel devices a whole, equal "
+            "share; change them, or use --sync-bn"
+        )
     lr_fn = schedule.lr_schedule(cfg, total_steps, updates_per_epoch or max(total_steps, 1))
     tx = optim.make_optimizer(
         nnx.to_pure_dict(parts.params),
@@ -140,7 +164,9 @@ def make_plan(
         clip_grad=cfg.clip_grad,
         layer_decay=cfg.layer_decay,
     )
-    sh = state_lib.shardings(parts, tx, mesh, cfg.sharding, cfg.model_ema_decay > 0, cfg.fsdp_min_size)
+    plateau = schedule.plateau(cfg) if lr_fn is None else None
+    sched = schedule.Plateau.encode(plateau.init()) if plateau else {}
+    sh = state_lib.shardings(parts, tx, mesh, cfg.sharding, cfg.model_ema_decay > 0, cfg.fsdp_min_size, sched)
     return StepPlan(
         cfg=cfg,
         parts=parts,
@@ -152,4 +178,5 @@ def make_plan(
         num_classes=parts.model.cfg.num_classes,
         compute_dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32,
         data_cfg=vitjax.data.resolve_model_data_config(parts.model),
+        plateau=plateau,
     )

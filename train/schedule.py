@@ -10,23 +10,29 @@ timm counts its schedule in ``t`` units: epochs by default (the lr changes at ep
   ``t_initial`` on (the cooldown); ``step`` ``lr * decay_rate ** (t // decay_t)``; ``multistep`` ``lr *
   decay_rate ** #{milestones m: m <= t + 1}`` (timm's convention); ``constant`` ``lr``.
 
-As in timm, the run lasts ``epochs`` (+ ``warmup_epochs`` with the prefix) + ``cooldown_epochs`` epochs of
-``len(train) // batch_size`` updates; with ``--aug-repeats``, an epoch is what timm's ``RepeatAugSampler``
-selects (``num_selected`` per process, about ``len(train) // 256 * 256`` over all), in whole per-process
-batches, as the length of timm's drop-last loader over that sampler (with ``--grad-accum-steps``, timm also
-counts a last partial accumulation; here an update is always ``batch_size`` examples). ``--warmup-steps N`` (a
+As in timm, the run lasts ``epochs`` (+ ``warmup_epochs`` with the prefix; + ``cooldown_epochs`` for cosine and
+poly) epochs of ``len(train) // batch_size`` updates; with ``--aug-repeats``, an epoch is what timm's
+``RepeatAugSampler`` selects (``num_selected`` per process, about ``len(train) // 256 * 256`` over all), in whole
+per-process batches, as the length of timm's drop-last loader over that sampler (with ``--grad-accum-steps``, timm
+also counts a last partial accumulation; here an update is always ``batch_size`` examples). ``--warmup-steps N`` (a
 warmup in updates, as a prefix, with the schedule per update) keeps the meaning it had before the epoch flags
 existed.
+
+``plateau`` (timm's ``PlateauLRScheduler``) is not a function of the update: :class:`Plateau` steps it on the
+host after each epoch's evaluation, and the run keeps its state in ``TrainState.sched`` (so checkpoints hold it).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import optax
 from jax import numpy as jnp
 
+from train.checkpoint import metric_mode
 from train.config import TrainConfig
 from train.sampler import batches_per_epoch
 
@@ -72,11 +78,92 @@ class Plan:
         return jnp.where(t < self.warmup_t, warm, after) if self.warmup_t else after
 
 
+class PlateauState(NamedTuple):
+    """What timm's plateau scheduler remembers between epochs (torch ``ReduceLROnPlateau``'s fields)."""
+
+    lr: float  # the lr of the coming epoch
+    best: float
+    num_bad_epochs: int
+    cooldown_counter: int
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """timm's ``PlateauLRScheduler`` as ``create_scheduler_v2`` builds it: ``warmup_lr + e (lr - warmup_lr) /
+    warmup_t`` after epoch ``e <= warmup_t``; after that torch's ``ReduceLROnPlateau`` on the epoch's eval metric
+    (``mode`` 'max' or 'min', relative ``threshold`` 1e-4, no cooldown, as timm passes ``cooldown_t=0``): after more
+    than ``patience`` epochs without improvement the lr becomes ``max(lr * decay_rate, min_lr)`` (kept when that
+    changes it by 1e-8 or less). As in timm the lr after a fractional warmup stays the last warmup value.
+    Arithmetic in Python floats (float64), as timm's."""
+
+    lr: float
+    decay_rate: float
+    patience: int
+    mode: str
+    warmup_t: float = 0.0
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    threshold: float = 1e-4
+    cooldown: int = 0
+    eps: float = 1e-8
+
+    def init(self) -> PlateauState:
+        lr = self.warmup_lr if self.warmup_t else self.lr
+        return PlateauState(lr, math.inf if self.mode == "min" else -math.inf, 0, 0)
+
+    def _better(self, a: float, best: float) -> bool:
+        return a < best * (1.0 - self.threshold) if self.mode == "min" else a > best * (self.threshold + 1.0)
+
+    def step(self, state: PlateauState, epoch: int, metric: float) -> PlateauState:
+        """The state after epoch ``epoch`` (1-based: the epochs done) ended with ``metric``."""
+        if epoch <= self.warmup_t:
+            return state._replace(lr=self.warmup_lr + epoch * ((self.lr - self.warmup_lr) / self.warmup_t))
+        lr, best, bad, cool = state
+        if self._better(float(metric), best):
+            best, bad = float(metric), 0
+        else:
+            bad += 1
+        if cool > 0:
+            cool, bad = cool - 1, 0
+        if bad > self.patience:
+            new = max(lr * self.decay_rate, self.min_lr)
+            lr = new if lr - new > self.eps else lr
+            cool, bad = self.cooldown, 0
+        return PlateauState(lr, best, bad, cool)
+
+    @staticmethod
+    def encode(state: PlateauState) -> dict[str, np.ndarray]:
+        """``TrainState.sched``: the lr the step uses (float32), and the state as float64 bits (uint32 pairs:
+        exact across a checkpoint without 64-bit JAX)."""
+        bits = np.asarray([float(v) for v in state], np.float64).view(np.uint32)
+        return {"lr": np.float32(state.lr), "plateau": bits}
+
+    @staticmethod
+    def decode(sched: dict) -> PlateauState:
+        lr, best, bad, cool = np.asarray(sched["plateau"], np.uint32).view(np.float64).tolist()
+        return PlateauState(lr, best, int(bad), int(cool))
+
+
+def plateau(cfg: TrainConfig) -> Plateau:
+    """The plateau schedule of ``cfg`` (``--sched plateau``), metric direction from ``--eval-metric``."""
+    return Plateau(
+        lr=cfg.lr,
+        decay_rate=cfg.decay_rate,
+        patience=cfg.patience_epochs,
+        mode=metric_mode(cfg.eval_metric),
+        warmup_t=cfg.warmup_epochs,
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+    )
+
+
 def warmup_prefix(cfg: TrainConfig) -> bool:
     return cfg.warmup_prefix if cfg.warmup_prefix is not None else cfg.warmup_steps > 0
 
 
 def on_updates(cfg: TrainConfig) -> bool:
+    if cfg.sched == "plateau":
+        return False
     if cfg.sched_on_updates is not None:
         return cfg.sched_on_updates
     return cfg.steps is not None or cfg.warmup_steps > 0
@@ -98,7 +185,10 @@ def total_steps(cfg: TrainConfig, num_train: int, num_replicas: int = 1) -> int:
     """``--steps``, else timm's number of epochs (with the warmup prefix and the cooldown) in updates."""
     if cfg.steps is not None:
         return cfg.steps
-    epochs = cfg.epochs + (cfg.warmup_epochs if warmup_prefix(cfg) else 0.0) + cfg.cooldown_epochs
+    # timm adds the cooldown to the run only for the schedules with cycles (cosine, poly); step, multistep and
+    # constant runs last --epochs (create_scheduler_v2's num_epochs)
+    cooldown = cfg.cooldown_epochs if cfg.sched in ("cosine", "poly") else 0.0
+    epochs = cfg.epochs + (cfg.warmup_epochs if warmup_prefix(cfg) else 0.0) + cooldown
     return math.ceil(epochs * updates_per_epoch(cfg, num_train, num_replicas))
 
 
@@ -132,5 +222,8 @@ def plan(cfg: TrainConfig, total: int, upe: int) -> Plan:
     )
 
 
-def lr_schedule(cfg: TrainConfig, total: int, upe: int) -> optax.Schedule:
+def lr_schedule(cfg: TrainConfig, total: int, upe: int) -> optax.Schedule | None:
+    """The lr as a function of the update; None for ``plateau``, whose lr is in the train state."""
+    if cfg.sched == "plateau":
+        return None
     return plan(cfg, total, upe)

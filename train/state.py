@@ -2,7 +2,8 @@
 
 The model is split once into a static part (two ``GraphDef``s: train mode and eval mode; the RNG streams,
 re-seeded at every step) and arrays kept as pure dicts: ``params`` (fp32 master weights), ``batch_stats``
-(BatchNorm running statistics, empty for models without), the optimizer state, the EMA and the run's key.
+(BatchNorm running statistics, empty for models without), the optimizer state, the EMA, the run's key and the
+state of a schedule that is not a function of the step (``sched``: ``--sched plateau``'s, else empty).
 The state is built straight into its shardings by a jitted initialiser with explicit ``out_shardings``, from
 abstract shapes: no parameter is ever whole on one device unless its sharding says so.
 """
@@ -22,6 +23,7 @@ from jax.sharding import Mesh
 
 import vitjax
 from train import mesh as mesh_lib
+from vitjax.layers.norm import BatchNorm
 
 # The initialiser runs once: XLA's backend optimisations cost it seconds of compile time (on CPU) for nothing.
 RUN_ONCE = {"xla_backend_optimization_level": 0}
@@ -35,6 +37,7 @@ class TrainState:
     opt_state: Any
     ema: dict  # {"params": ..., "batch_stats": ...}, or {} without EMA
     key: jax.Array  # uint32 (2,): raw data of the run's base PRNG key
+    sched: dict = flax.struct.field(default_factory=dict)  # train.schedule.Plateau.encode's, or {}
 
 
 @dataclass
@@ -49,8 +52,14 @@ class ModelParts:
     batch_stats: nnx.State
 
 
-def build_parts(name: str, overrides: Mapping[str, Any], *, seed: int = 0, remat: bool = False) -> ModelParts:
+def build_parts(
+    name: str, overrides: Mapping[str, Any], *, seed: int = 0, remat: bool = False, bn_groups: int = 1
+) -> ModelParts:
+    """``bn_groups``: the statistic groups of every BatchNorm in train mode (``BatchNorm.stat_groups``)."""
     model = vitjax.create_model(name, seed=seed, abstract=True, **overrides)
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, BatchNorm):
+            m.stat_groups = bn_groups
     if remat:
         found = False
         for _, m in nnx.iter_modules(model):
@@ -76,9 +85,10 @@ def shardings(
     preset: str,
     ema: bool,
     fsdp_min_size: int = 0,
+    sched: Mapping[str, Any] | None = None,
 ) -> TrainState:
     """The NamedSharding of every leaf of the train state (``train.mesh.spec_for`` for the parameters and the
-    optimizer's per-parameter state)."""
+    optimizer's per-parameter state; ``sched``, the schedule's initial state, replicated)."""
     rep = mesh_lib.replicated(mesh)
     p_sh = mesh_lib.variable_shardings(parts.params, mesh, preset, fsdp_min_size)
     s_sh = mesh_lib.variable_shardings(parts.batch_stats, mesh, preset, fsdp_min_size)
@@ -91,20 +101,23 @@ def shardings(
         opt_state=o_sh,
         ema={"params": p_sh, "batch_stats": s_sh} if ema else {},
         key=rep,
+        sched={k: rep for k in sched or {}},
     )
 
 
-def abstract_state(parts: ModelParts, tx: optax.GradientTransformation, sh: TrainState) -> TrainState:
+def abstract_state(
+    parts: ModelParts, tx: optax.GradientTransformation, sh: TrainState, sched: Mapping[str, Any] | None = None
+) -> TrainState:
     """Shapes, dtypes and shardings of the state, as ``jax.ShapeDtypeStruct`` (a restore target)."""
     shapes = jax.eval_shape(
-        lambda p, s: _assemble(p, s, tx, 0, bool(sh.ema)),
+        lambda p, s: _assemble(p, s, tx, 0, bool(sh.ema), sched),
         nnx.to_pure_dict(parts.params),
         nnx.to_pure_dict(parts.batch_stats),
     )
     return jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), shapes, sh)
 
 
-def _assemble(params: dict, stats: dict, tx, seed, ema: bool) -> TrainState:
+def _assemble(params: dict, stats: dict, tx, seed, ema: bool, sched: Mapping[str, Any] | None = None) -> TrainState:
     copy = lambda t: jax.tree.map(jnp.copy, t)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -113,6 +126,7 @@ def _assemble(params: dict, stats: dict, tx, seed, ema: bool) -> TrainState:
         opt_state=tx.init(params),
         ema={"params": copy(params), "batch_stats": copy(stats)} if ema else {},
         key=jax.random.key_data(jax.random.key(seed)),
+        sched={k: jnp.asarray(v) for k, v in (sched or {}).items()},
     )
 
 
@@ -124,9 +138,11 @@ def init_state(
     *,
     seed: int,
     weights: tuple[dict, dict] | None = None,
+    sched: Mapping[str, Any] | None = None,
 ) -> TrainState:
     """A fresh state placed by ``sh``: random weights (vitjax's init with ``seed``), or ``weights``
-    (``(params, batch_stats)`` pure dicts, e.g. converted from timm), built inside one jitted function."""
+    (``(params, batch_stats)`` pure dicts, e.g. converted from timm), built inside one jitted function;
+    ``sched``: the schedule's initial state (host arrays)."""
     ema = bool(sh.ema)
     if weights is None:
 
@@ -134,10 +150,10 @@ def init_state(
             model = vitjax.create_model(name, seed=seed, **overrides)
             params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
             stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-            return _assemble(params, stats, tx, seed, ema)
+            return _assemble(params, stats, tx, seed, ema, sched)
 
         return jax.jit(init, out_shardings=sh, compiler_options=RUN_ONCE)()
-    init_from: Callable = lambda p, s: _assemble(p, s, tx, seed, ema)
+    init_from: Callable = lambda p, s: _assemble(p, s, tx, seed, ema, sched)
     return jax.jit(init_from, in_shardings=(sh.params, sh.batch_stats), out_shardings=sh, compiler_options=RUN_ONCE)(
         *weights
     )

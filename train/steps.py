@@ -110,7 +110,7 @@ def make_train_step(
     train_def: nnx.GraphDef,
     rest: dict,
     tx: optax.GradientTransformation,
-    lr_schedule: optax.Schedule,
+    lr_schedule: optax.Schedule | None,
     *,
     num_classes: int,
     mean: Sequence[float],
@@ -129,7 +129,8 @@ def make_train_step(
     bce_target_thresh: float | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """``constrain``: the batch-axis activation constraint of ``train.mesh.activation_constraint``; ``bce``,
-    ``bce_target_thresh``: the loss (:func:`soft_target_loss`)."""
+    ``bce_target_thresh``: the loss (:func:`soft_target_loss`). ``lr_schedule`` None: the lr is
+    ``state.sched['lr']`` (set between steps by the loop, ``--sched plateau``) and ``tx`` ends without it."""
     if num_classes <= 0:
         raise ValueError(
             "the model has no classifier (num_classes=0, e.g. a ViTModel backbone): pass --num-classes N to train it"
@@ -181,6 +182,11 @@ def make_train_step(
             loss = l_sum / accum_steps
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if lr_schedule is None:
+            lr = state.sched["lr"]
+            updates = jax.tree.map(lambda u: u * lr, updates)
+        else:
+            lr = lr_schedule(state.step)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
         if state.ema:
@@ -193,7 +199,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
-            "lr": lr_schedule(state.step),
+            "lr": lr,
             "finite": finite.astype(jnp.int32),
         }
         return new, metrics

@@ -29,7 +29,7 @@ def test_bad_input_is_refused():
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("precision", "fp16"), ("nan_policy", "ignore"), ("opt", "adam"), ("sched", "plateau"), ("sharding", "zero")],
+    [("precision", "fp16"), ("nan_policy", "ignore"), ("opt", "adam"), ("sched", "tanh"), ("sharding", "zero")],
 )
 def test_values_outside_choices_are_command_line_errors(tmp_path, capsys, flag, value):
     """``--precision fp16`` once ran fp32 and ``--nan-policy ignore`` acted as ``skip``: a flag or a config-file

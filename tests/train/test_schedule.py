@@ -31,8 +31,9 @@ def _timm_lrs(num_epochs: int, upe: int, **kw) -> tuple[list[float], int]:
 CASES = {
     "cosine": dict(sched="cosine", warmup_epochs=3, cooldown_epochs=2),
     "cosine-prefix": dict(sched="cosine", warmup_epochs=3, warmup_prefix=True, cooldown_epochs=1),
-    "step": dict(sched="step", warmup_epochs=2, decay_epochs=3, decay_rate=0.5),
+    "step": dict(sched="step", warmup_epochs=2, decay_epochs=3, decay_rate=0.5, cooldown_epochs=2),
     "multistep": dict(sched="multistep", warmup_epochs=1, decay_milestones=(2, 5, 8), decay_rate=0.3),
+    "constant-cooldown": dict(sched="constant", warmup_epochs=1, warmup_prefix=True, cooldown_epochs=3),
     "poly": dict(sched="poly", warmup_epochs=2, decay_rate=2.0, cooldown_epochs=1),
     "constant": dict(sched="constant", warmup_epochs=2),
 }
