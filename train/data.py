@@ -26,6 +26,12 @@ happen on the device (``train.steps``). Eval: digits as they are; ImageFolder im
 resized to ``img_size / crop_pct`` on the short side and centre-cropped, as timm's eval transform, with the
 model's ``crop_pct`` / interpolation / mean / std from ``vitjax.data.resolve_model_data_config``. Images leave
 the pipeline as uint8 NHWC; normalisation happens on the device.
+
+Throughput: ``workers`` processes (``--workers``, ``Batches``) each read, decode and augment single records and
+batches are assembled in the training process; the batches are the same for any number of workers, and the
+iterator state is the batch index, so a checkpoint resumes under any worker or process count. ``DevicePrefetch``
+keeps the next batches on their way to the devices while a step runs. A JPEG whose random-resized crop is at least
+twice the output size is decoded at reduced scale (``plan_decode``).
 """
 
 from __future__ import annotations
