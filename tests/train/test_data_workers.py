@@ -159,3 +159,18 @@ def test_workers_ignore_group_signals_and_exit_with_their_process(tmp_path):
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids)
+
+
+def test_eval_decodes_each_image_once_for_raw_and_ema(tmp_path, monkeypatch):
+    import jax
+
+    from tests.train.common import tiny_config
+    from train.loop import run
+
+    calls = []
+    real = data.eval_image
+    monkeypatch.setattr(data, "eval_image", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    cfg = tiny_config(tmp_path, steps=1, batch_size=8, eval_batch_size=120, model_ema_decay=0.9)
+    result = run(cfg, devices=jax.devices()[:1])
+    assert {"top1", "top1_ema"} <= set(result.final_eval)
+    assert sorted(calls) == list(range(360))  # the 360 digits validation images, each once
