@@ -15,6 +15,8 @@ valid for any process count (with ``aug_repeats``, for the same process count: s
 * A packed directory (``train.records``: ArrayRecord or webdataset tar shards and their ``dataset.json``), written
   from an ImageFolder by ``python -m train.data pack --src IMAGEFOLDER --out DIR --format arrayrecord|tar
   --shards N``; it yields the examples of that ImageFolder, in its order, and is checked when opened.
+* Webdataset tar shards from elsewhere: ``root/train/*.tar`` and ``root/val/*.tar`` without ``dataset.json``,
+  labels from ``.cls`` (or ``.txt``) members; no class names, the class count is the largest label plus one.
 
 Train augmentation: timm's train transform (``train.augment.TrainAugment``: random-resized crop, flips,
 RandAugment / AutoAugment / AugMix or colour jitter, random erasing), drawn from a generator seeded by the run's
@@ -24,6 +26,12 @@ happen on the device (``train.steps``). Eval: digits as they are; ImageFolder im
 resized to ``img_size / crop_pct`` on the short side and centre-cropped, as timm's eval transform, with the
 model's ``crop_pct`` / interpolation / mean / std from ``vitjax.data.resolve_model_data_config``. Images leave
 the pipeline as uint8 NHWC; normalisation happens on the device.
+
+Throughput: ``workers`` processes (``--workers``, ``Batches``) each read, decode and augment single records and
+batches are assembled in the training process; the batches are the same for any number of workers, and the
+iterator state is the batch index, so a checkpoint resumes under any worker or process count. ``DevicePrefetch``
+keeps the next batches on their way to the devices while a step runs. A JPEG whose random-resized crop is at least
+twice the output size is decoded at reduced scale (``plan_decode``).
 """
 
 from __future__ import annotations
@@ -31,8 +39,11 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +70,18 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def load(self, i: int) -> Image.Image:
+    def load(self, i: int, prepare=None) -> Image.Image:
+        """Example ``i``'s image, RGB; ``prepare(image)`` is called on it before it is decoded (``plan_decode``)."""
         item = self.images[i]
         if isinstance(item, np.ndarray):
-            return Image.fromarray(item)
+            im = Image.fromarray(item)
+            if prepare is not None:
+                prepare(im)
+            return im
         try:
             with Image.open(item) as im:
+                if prepare is not None:
+                    prepare(im)
                 return im.convert("RGB")
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's errors for bad files
             raise ImageError(f"{item}: cannot read this image ({type(e).__name__}: {e})") from e
@@ -140,10 +157,21 @@ def packed(root: str) -> Dataset:
     return Dataset(splits["train"], splits["val"], len(classes), False, (0.08, 1.0), 0.5, classes=tuple(classes))
 
 
+def tar_dir(root: str) -> Dataset:
+    """Webdataset tar shards written by other tools (``train.records.open_tar_dir``): no class names, and the
+    class count is the largest label plus one."""
+    num_classes, splits = records.open_tar_dir(root)
+    return Dataset(splits["train"], splits["val"], num_classes, False, (0.08, 1.0), 0.5)
+
+
 def load_dataset(spec: str, img_size: int) -> Dataset:
+    """``digits``, a packed directory (``dataset.json``), a directory of webdataset ``train/*.tar`` and
+    ``val/*.tar`` shards, or an ImageFolder."""
     if spec == "digits":
         return digits(img_size)
-    return packed(spec) if records.is_packed(spec) else image_folder(spec)
+    if records.is_packed(spec):
+        return packed(spec)
+    return tar_dir(spec) if records.is_tar_dir(spec) else image_folder(spec)
 
 
 def train_augment(cfg, data: Dataset, img_size: int, mean, std) -> TrainAugment:
@@ -181,6 +209,13 @@ class BadImages:
         self.count = 0
         self.errors: dict[str, str] = {}  # file (or example) -> its first error
 
+    def __getstate__(self) -> dict:  # a worker process gets its own copy; its lock cannot travel
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def record(self, split, i: int, error: Exception) -> None:
         if isinstance(split, records.PackedSplit):
             shard, j = split.locate(i)
@@ -196,17 +231,35 @@ class BadImages:
         print(f"[data] skipping unreadable image {name} ({self.errors[name]})", file=sys.stderr, flush=True)
 
 
-def _load(split, i: int, bad: BadImages | None) -> tuple[Image.Image, int]:
+def _load(split, i: int, bad: BadImages | None, prepare=None) -> tuple[Image.Image, int]:
     """Example ``i``'s image and the index it came from: ``i``, or under ``bad`` the next readable one."""
     if bad is None:
-        return split.load(i), i
+        return split.load(i, prepare), i
     for k in range(len(split)):
         j = (i + k) % len(split)
         try:
-            return split.load(j), j
+            return split.load(j, prepare), j
         except _UNREADABLE as e:
             bad.record(split, j, e)
     raise ValueError(f"--skip-bad-images: none of the {len(split)} images of the split is readable")
+
+
+def plan_decode(img: Image.Image, augment: TrainAugment, rng: np.random.Generator, draft: bool = True):
+    """The crop box of ``augment``'s random-resized crop, drawn from ``rng`` on ``img`` before it is decoded (its
+    size is the file header's), and the scale to decode it at. With ``draft``, a JPEG whose crop window is at
+    least twice the output size on both sides is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling through
+    PIL's ``Image.draft``: the most that keeps the window at least the output size, so the resize still only
+    shrinks), which saves most of the decode; else (and for other formats) the scale is 1 and the image is
+    decoded and cropped exactly as without this step. Returns ``(box, scale)`` for ``augment(image, rng, box,
+    scale)``. The drafted pixels are those of the full decode up to the filtering of the reduction."""
+    box = crop_box(img.width, img.height, augment.scale, augment.ratio, rng)
+    short = min(box[2] - box[0], box[3] - box[1])
+    want = next((s for s in (8, 4, 2) if short >= s * augment.img_size), 1) if draft else 1
+    if want == 1:
+        return box, 1
+    width = img.width  # draft changes img.size to the reduced one
+    got = img.draft("RGB", (width // want, img.height // want))  # None: not a JPEG (decoded in full)
+    return box, 1 if got is None else round(width / got[1][2])  # got[1]: (0, 0, width / s, height / s)
 
 
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -239,16 +292,165 @@ def eval_image(
     return np.asarray(im, np.uint8)
 
 
-def _local_view(n_batches: int, global_batch: int, process_index: int, process_count: int, fetch):
-    if global_batch % process_count:
-        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
-    b = global_batch // process_count
+def _worker_init(index: int, count: int, *, parent: int) -> None:
+    """Runs first in each data worker process. SIGTERM / SIGINT sent to the whole process group are left to the
+    training process, which checkpoints and then stops its workers; and a worker exits by itself once that
+    process is gone (killed outright, nobody would stop it)."""
+    del index, count
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    def local(i: int):
-        step, k = divmod(i, b)
-        return fetch(step * global_batch + process_index * b + k)
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
 
-    return grain.MapDataset.range(n_batches * b).map(local).batch(b, drop_remainder=True)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+_SHM = 1 << 22  # arrays smaller than this go through the worker queues by pickle (see Batches.pipeline)
+
+
+class Batches:
+    """Batches of ``batch`` consecutive records of ``records`` (a ``grain.MapDataset`` of per-example dicts),
+    read by ``workers`` processes. ``iter()`` gives a ``BatchIterator``; ``len`` and ``[i]`` (batch ``i``, read
+    in this process) are there too.
+
+    ``workers`` 0: batches are made in this process, ``threads`` grain threads each making whole batches.
+    ``workers`` N: grain's ``mp_prefetch`` starts N processes (spawned; each gets a pickled copy of the records'
+    functions and opens its own file handles) that decode and augment single records, ``threads`` read threads
+    each; batches are assembled here. Worker ``w`` reads records ``w, w + N, ...`` and grain interleaves them
+    back in order, so the batches do not depend on ``workers``."""
+
+    def __init__(self, records: grain.MapDataset, batch: int, *, workers: int = 0, threads: int = 0, bad=None):
+        if workers < 0 or threads < 0:
+            raise ValueError(f"workers ({workers}) and threads ({threads}) must be >= 0")
+        self.records, self.batch, self.workers, self.threads, self.bad = records, batch, workers, threads, bad
+
+    def __len__(self) -> int:
+        return len(self.records) // self.batch
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        return self._collect([self.records[i * self.batch + k] for k in range(self.batch)])
+
+    def __iter__(self) -> BatchIterator:
+        return BatchIterator(self)
+
+    def _collect(self, examples: list[dict]) -> dict:
+        return self._count({k: np.stack([e[k] for e in examples]) for k in examples[0]}, remote=False)
+
+    def _count(self, batch: dict, remote: bool) -> dict:
+        """Drops the per-example count of unreadable reads, adding it to ``bad`` when it was made in a worker
+        process (``remote``: that process's copy of ``bad`` counted it, not ours)."""
+        reads = batch.pop("bad_reads", None)
+        if remote and self.bad is not None and reads is not None:
+            with self.bad._lock:
+                self.bad.count += int(reads.sum())
+        return batch
+
+    def pipeline(self, start: int) -> grain.IterDataset:
+        """The grain dataset of batches ``start, start + 1, ...``."""
+        records = self.records[start * self.batch : len(self) * self.batch]
+        if not self.workers:
+            batched = records.batch(self.batch, drop_remainder=True)
+            return batched.to_iter_dataset(
+                grain.ReadOptions(num_threads=max(self.threads, 1), prefetch_buffer_size=max(2 * self.threads, 1))
+            )
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain reads an absl flag when it starts workers (once jax's profiler
+            flags.FLAGS.mark_as_parsed()  # is loaded); outside absl.app nobody parsed them: take the defaults
+        per_worker = -(-self.batch // self.workers)  # records each worker keeps ready: a batch between them
+        reads = records.to_iter_dataset(
+            grain.ReadOptions(num_threads=max(self.threads, 1), prefetch_buffer_size=max(per_worker, 1))
+        )
+        # one record's arrays (150 KB at 224 px) are pickled through the workers' queues rather than each put in
+        # its own shared-memory block, which grain frees asynchronously (a process ending right after its last
+        # batch left some for the resource tracker to clean up, with a warning)
+        reads = grain.experimental.WithOptionsIterDataset(reads, grain.experimental.DatasetOptions(min_shm_size=_SHM))
+        spread = reads.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=max(per_worker, 1)),
+            worker_init_fn=functools.partial(_worker_init, parent=os.getpid()),
+        )
+        return spread.batch(self.batch, drop_remainder=True)
+
+
+class BatchIterator:
+    """An iterator over ``Batches`` whose state is the index of its next batch (``{"next_index": i}``, the state
+    grain's own batch iterator has, so checkpoints of either load): ``set_state`` restarts the pipeline there,
+    whatever the number of workers or processes. The pipeline (and its worker processes) starts at the first
+    ``next`` and stops at the end, on ``set_state`` and on ``close`` (or leaving a ``with`` block)."""
+
+    def __init__(self, batches: Batches):
+        self._batches = batches
+        self._next = 0
+        self._it = None
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict:
+        if self._next >= len(self._batches):
+            self.close()
+            raise StopIteration
+        if self._it is None:
+            self._it = iter(self._batches.pipeline(self._next))
+        batch = next(self._it)
+        self._next += 1
+        return self._batches._count(dict(batch), remote=self._batches.workers > 0)
+
+    def get_state(self) -> dict:
+        return {"next_index": self._next}
+
+    def set_state(self, state: dict) -> None:
+        self.close()
+        self._next = int(state["next_index"])
+
+    def close(self) -> None:
+        if self._it is not None:
+            it, self._it = self._it, None
+            it.close()
+
+    def __enter__(self) -> BatchIterator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DevicePrefetch:
+    """Keeps ``depth`` batches of an iterator already handed to ``put`` (e.g. ``jax.device_put`` or
+    ``jax.make_array_from_process_local_data``, which return before the copy is done) ahead of the consumer,
+    so the copy to the device overlaps the step. ``get_state`` is the state after the batches handed out so
+    far (not those queued), so a checkpoint taken between steps resumes at the right batch."""
+
+    def __init__(self, it: BatchIterator, put, depth: int = 2):
+        self._it, self._put, self._depth = it, put, depth
+        self._queue: list = []
+        self._taken = it.get_state()["next_index"]
+
+    def __iter__(self) -> DevicePrefetch:
+        return self
+
+    def __next__(self):
+        while len(self._queue) < self._depth + 1:
+            try:
+                self._queue.append(self._put(next(self._it)))
+            except StopIteration:
+                break
+        if not self._queue:
+            raise StopIteration
+        self._taken += 1
+        return self._queue.pop(0)
+
+    def get_state(self) -> dict:
+        return {"next_index": self._taken}
+
+    def close(self) -> None:
+        self._queue.clear()
+        self._it.close()
 
 
 def train_batches(
@@ -266,9 +468,23 @@ def train_batches(
     process_index: int = 0,
     process_count: int = 1,
     workers: int = 0,
+    threads: int = 0,
     bad_images: BadImages | None = None,
-) -> grain.IterDataset:
-    """This process's share of the global training batches for steps ``0 .. steps - 1``.
+    draft: bool = True,
+) -> Batches:
+    """This process's share of the global training batches for steps ``0 .. steps - 1``, uint8 NHWC images
+    and int32 labels.
+
+    The training iterator for a given number of worker processes, without running training::
+
+        data = load_dataset("path/to/imagefolder_or_packed_dir", 224)
+        aug = train_augment(TrainConfig(model=..., steps=..., aa=...), data, 224, mean, std)  # or TrainAugment
+        with iter(train_batches(data, img_size=224, global_batch=256, steps=1000, seed=0, augment=aug,
+                                workers=8)) as it:
+            for batch in it: ...
+
+    ``workers``: decoding processes (``Batches``; 0 decodes in this process); ``threads``: grain read threads
+    in each reading process. ``draft``: JPEGs decoded at reduced scale where the crop allows (``plan_decode``).
 
     ``augment``: the train transform; without it, a random-resized crop (``scale``, ``ratio``, the dataset's
     interpolation) and horizontal flip (``hflip``) only. Without ``aug_repeats``, the stream is the dataset
@@ -292,9 +508,17 @@ def train_batches(
     split, b = data.train, global_batch // process_count
 
     def example(index: int, key: int) -> dict:
-        rng = np.random.default_rng((seed, 1, key))  # the example's own draws: a function of seed and position
-        image, index = _load(split, index, bad_images)
-        return {"image": augment(image, rng), "label": np.int32(split.labels[index])}
+        drawn = {}
+
+        def prepare(image: Image.Image) -> None:  # before decoding: the crop box, and the decode scale it allows
+            rng = np.random.default_rng((seed, 1, key))  # the example's own draws: a function of seed and position
+            drawn["rng"] = rng  # (afresh for each image tried under --skip-bad-images)
+            drawn["box"], drawn["scale"] = plan_decode(image, augment, rng, draft)
+
+        image, read = _load(split, index, bad_images, prepare)
+        img = augment(image, drawn["rng"], drawn["box"], drawn["scale"])
+        bad_reads = np.int32((read - index) % len(split))
+        return {"image": img, "label": np.int32(split.labels[read]), "bad_reads": bad_reads}
 
     if aug_repeats:
         stream = RepeatAugStream(len(split), aug_repeats, process_count, seed, batch=b)
@@ -311,9 +535,8 @@ def train_batches(
             g = step * global_batch + process_index * b + k
             return example(order[g], g)
 
-    batches = grain.MapDataset.range(steps * b).map(local).batch(b, drop_remainder=True)
-    opts = grain.ReadOptions(num_threads=max(workers, 1), prefetch_buffer_size=max(2 * workers, 1))
-    return batches.to_iter_dataset(opts)
+    records = grain.MapDataset.range(steps * b).map(local)
+    return Batches(records, b, workers=workers, threads=threads, bad=bad_images)
 
 
 def eval_batches(
@@ -326,27 +549,34 @@ def eval_batches(
     crop_pct: float = 0.875,
     interpolation: str = "bicubic",
     bad_images: BadImages | None = None,
-) -> grain.MapDataset:
-    """This process's share of the validation set in global batches; the last batch is padded (``valid`` 0), as
-    is an unreadable image under ``bad_images``."""
-    n = len(data.val)
+    workers: int = 0,
+    threads: int = 0,
+) -> Batches:
+    """This process's share of the validation set in global batches (``Batches``, read by ``workers``
+    processes); the last batch is padded (``valid`` 0), as is an unreadable image under ``bad_images``."""
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    n, b = len(data.val), global_batch // process_count
     blank = np.zeros((img_size, img_size, 3), np.uint8)
 
-    def fetch(g: int) -> dict:
+    def fetch(t: int) -> dict:
+        step, k = divmod(t, b)
+        g = step * global_batch + process_index * b + k
         if g >= n:
-            return {"image": blank, "label": np.int32(0), "valid": np.int32(0)}
+            return {"image": blank, "label": np.int32(0), "valid": np.int32(0), "bad_reads": np.int32(0)}
         if bad_images is not None:
             try:
                 image = data.val.load(g)
             except _UNREADABLE as e:
                 bad_images.record(data.val, g, e)
-                return {"image": blank, "label": np.int32(0), "valid": np.int32(0)}
+                return {"image": blank, "label": np.int32(0), "valid": np.int32(0), "bad_reads": np.int32(1)}
         else:
             image = None
         img = eval_image(data.val, g, img_size, data.resized, crop_pct, interpolation, image)
-        return {"image": img, "label": np.int32(data.val.labels[g]), "valid": np.int32(1)}
+        return {"image": img, "label": np.int32(data.val.labels[g]), "valid": np.int32(1), "bad_reads": np.int32(0)}
 
-    return _local_view(math.ceil(n / global_batch), global_batch, process_index, process_count, fetch)
+    records = grain.MapDataset.range(math.ceil(n / global_batch) * b).map(fetch)
+    return Batches(records, b, workers=workers, threads=threads, bad=bad_images)
 
 
 def _shards(text: str) -> int:
