@@ -1,9 +1,12 @@
 """Image embeddings: the pooled, pre-classifier features of a few photos and their cosine similarities.
 
     python examples/embed.py --model vit_base_patch16_224 --checkpoint vit_b16.safetensors
+    python examples/embed.py --model facebook/dinov2-small           # DINOv2: the normed class token
+    python examples/embed.py --model google/siglip-base-patch16-224  # SigLIP: the attention-pool (MAP) output
 
 ``num_classes=0`` removes the classifier, so the model returns its pooled features (timm's
-``forward_head(..., pre_logits=True)``); for the HF in21k ids that is the pooler output.
+``forward_head(..., pre_logits=True)``); for the transformers ids (``google/vit-*-in21k``, ``facebook/dinov2-*``,
+``google/siglip-*``, ``openai/clip-vit-*``) that is the model's ``pooler_output``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Feature maps: a backbone's intermediate outputs as NHWC arrays (timm's ``features_only``).
 
     python examples/features.py --model vit_base_patch16_224 --checkpoint vit_b16.safetensors --out-indices 3 7 11
+    python examples/features.py --model google/siglip-base-patch16-224 --out-indices 5 11   # SigLIP patch maps
 
 Each map is ``(1, H / reduction, W / reduction, channels)``; ViTs give their blocks' patch tokens as a grid.
 """
