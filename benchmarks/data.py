@@ -19,14 +19,19 @@ The benchmark times, in one process, alternating run by run (vitjax, timm, vitja
   ``timm.data.create_loader(is_training=True, num_workers=--workers)`` with the same image size, RandAugment,
   random erasing (probability, mode, count), colour jitter, interpolation, scale, ratio, flips, mean and std.
 
-timm runs with ``use_prefetcher=False``, its only setting in which it does on the host CPU the work ours does there.
-With the prefetcher, timm's workers stop at uint8 tensors and its ``PrefetchLoader`` normalises *and erases* on
-the GPU; our pipeline also leaves normalisation to the device but erases on the host (in uint8, in the workers),
-so timm would skip a step that ours is billed for. Without the prefetcher both sides crop, flip, augment and
-erase in their workers; timm also converts to float and normalises there (``ToTensor``, ``Normalize``), work
-ours leaves to the device: a small bill (the cProfile shares in docs/performance.md give its size) and the
-reason the comparison is conservative for vitjax. torch runs with one intra-op thread in the main process
-(``torch.set_num_threads(1)``; its workers use one each anyway), so ``--workers 0`` is one core on both sides.
+timm runs as its ``train.py`` does by default, with ``use_prefetcher=True``, and the benchmark times the
+``DataLoader`` inside its ``PrefetchLoader``: the workers decode, crop, flip and augment, and hand over uint8
+tensors (``MaybePILToTensor``, ``fast_collate``); the prefetcher's device work (normalisation and random erasing, on the
+GPU) is left out, as our normalisation on the TPU is. That is the fair peer: our workers also stop at uint8,
+and erase there as well, which timm leaves to its device (a share of about 1% of a worker's time, the profile
+shows), so the comparison is slightly conservative for vitjax. Without the prefetcher
+(``--no-timm-prefetcher``) timm's workers also convert to float and normalise (``ToTensor``, ``Normalize``),
+about an eighth of their time, host work that ours leaves to the device. torch runs with one intra-op thread in
+the main process (``torch.set_num_threads(1)``, restored after; its workers use one each anyway), so
+``--workers 0`` is one core on both sides.
+
+timm 1.0.31's RandAugment passes 0 bits to Pillow's posterize at the largest magnitudes, which this Pillow
+refuses: ``keep_timm_running_at_zero_bits`` gives those ops Pillow's old result, as ``train.augment_ops`` does.
 
 Each run builds its loader anew. The time from building it to the first batch (worker start-up, and filling the
 first batch) is reported on its own; the steady rate is over the ``--batches`` batches that follow the first
@@ -140,8 +145,55 @@ class VitjaxSide:
                 workers=self.cfg.data_workers,
             )
         )
-        for _ in range(n):
-            yield next(it)["image"]
+        try:
+            for _ in range(n):
+                yield next(it)["image"]
+        finally:
+            it.close()  # its worker processes end here
+
+    def profile_batches(self, n: int):
+        """``n`` batches made one by one in this thread (what one worker does, plus the collation)."""
+        batches = self.data_lib.train_batches(
+            self.data,
+            img_size=self.args.img_size,
+            global_batch=self.cfg.batch_size,
+            steps=n,
+            seed=self.cfg.seed,
+            augment=self.augment,
+        )
+        for i in range(n):
+            yield batches[i]["image"]
+
+    def parts(self) -> dict:
+        """The functions whose time (with what they call) makes each share of the profile (see ``profile``)."""
+        from train import augment, records
+
+        return {
+            "read + decode": ([self.data_lib.Split.load, records.PackedSplit.load], []),
+            "augment": [augment.TrainAugment.__call__],
+            "RandAugment": [augment.RandAugment.__call__, augment.AutoAugment.__call__, augment.AugMix.__call__],
+            "colour jitter": [augment.color_jitter_apply],
+            "random erasing": [augment.erase],
+            "to array / tensor + normalise": [],
+            "collation": [self.data_lib.Batches._collect],
+        }
+
+
+def keep_timm_running_at_zero_bits() -> None:
+    """Gives timm's posterize ops the 0-bit result Pillow gave before version 11 (a black image), as
+    ``train.augment_ops.posterize`` does. timm 1.0.31 passes 0 bits at the magnitudes that keep none (with
+    ``rand-m9-mstd0.5-inc1``, PosterizeIncreasing at magnitude 10, a few images in a thousand), which this
+    Pillow refuses with a ValueError: unpatched, timm's DataLoader stops within an epoch. The black image costs
+    one table lookup, as it did in Pillow; the ops are looked up when timm builds its transform."""
+    from timm.data import auto_augment
+
+    def posterize(img, bits_to_keep, **kw):
+        if bits_to_keep <= 0:
+            return img.point([0] * 256 * len(img.getbands()))
+        return auto_augment.posterize(img, bits_to_keep, **kw)
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        auto_augment.NAME_TO_OP[name] = posterize
 
 
 class TimmSide:
@@ -151,10 +203,17 @@ class TimmSide:
         import timm.data
         import torch
 
+        keep_timm_running_at_zero_bits()
         self.torch, self.timm_data, self.args, self.aug = torch, timm.data, args, augment
         self.dataset = timm.data.create_dataset("", root=args.data, split="train", is_training=True)
 
     def batches(self, n: int, run: int):
+        return self._epochs(self.loader(self.args.workers, run), n)
+
+    def profile_batches(self, n: int):
+        return self._epochs(self.loader(0, 0), n)
+
+    def loader(self, workers: int, run: int):
         a = self.aug
         self.torch.manual_seed(self.args.seed + run)
         loader = self.timm_data.create_loader(
@@ -162,7 +221,7 @@ class TimmSide:
             input_size=(3, self.args.img_size, self.args.img_size),
             batch_size=self.args.batch_size,
             is_training=True,
-            use_prefetcher=False,
+            use_prefetcher=self.args.timm_prefetcher,
             re_prob=a.reprob,
             re_mode=a.remode,
             re_count=a.recount,
@@ -175,9 +234,36 @@ class TimmSide:
             interpolation=a.interpolation,
             mean=a.mean,
             std=a.std,
-            num_workers=self.args.workers,
+            num_workers=workers,
             device=self.torch.device("cpu"),
         )
+        return loader.loader if self.args.timm_prefetcher else loader  # the DataLoader, without the device part
+
+    def parts(self) -> dict:
+        """As ``VitjaxSide.parts``: timm reads and decodes in ``ImageDataset.__getitem__``, before its transform."""
+        from timm.data import auto_augment, dataset, loader, random_erasing, transforms
+        from torch.utils.data._utils.collate import default_collate
+        from torchvision import transforms as tv
+
+        return {
+            "read + decode": ([dataset.ImageDataset.__getitem__], [tv.Compose.__call__]),
+            "augment": [tv.Compose.__call__],
+            "RandAugment": [
+                auto_augment.RandAugment.__call__,
+                auto_augment.AutoAugment.__call__,
+                auto_augment.AugMixAugment.__call__,
+            ],
+            "colour jitter": [tv.ColorJitter.forward],
+            "random erasing": [random_erasing.RandomErasing.__call__],
+            "to array / tensor + normalise": [
+                transforms.MaybePILToTensor.__call__,
+                transforms.MaybeToTensor.__call__,
+                tv.Normalize.forward,
+            ],
+            "collation": [loader.fast_collate if self.args.timm_prefetcher else default_collate],
+        }
+
+    def _epochs(self, loader, n: int):
         count = 0
         while count < n:  # further epochs when one is too short (persistent workers carry over)
             for images, _ in loader:
@@ -212,6 +298,49 @@ def cpu_seconds() -> float | None:
                 mine.add(pid)
                 changed = True
     return sum(times[pid] for pid in mine if pid in times)
+
+
+def profile(side, n: int) -> dict:
+    """Where one worker's time goes: ``n`` batches of ``side`` made in this thread under cProfile, split by the
+    cumulative time of the functions ``side.parts()`` names. "crop, resize, flip" is the transform's time less
+    its named parts (RandAugment, jitter, erasing, to tensor); "other" the total less reading, transform and
+    collation (sampling, the pipeline's own bookkeeping). cProfile's overhead weighs on Python-heavy parts most."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    batches = side.profile_batches(n)
+    start = time.perf_counter()
+    prof.enable()
+    for _ in range(n):
+        next(batches)
+    prof.disable()
+    total = time.perf_counter() - start
+    batches.close()
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, primitive calls, own s, cumulative s, callers)
+
+    def cum(fns) -> float:
+        keys = {(f.__code__.co_filename, f.__code__.co_firstlineno, f.__code__.co_name) for f in fns}
+        return sum(v[3] for k, v in stats.items() if k in keys)
+
+    parts = side.parts()
+    plus, minus = parts.pop("read + decode")
+    read, augment, collation = cum(plus) - cum(minus), cum(parts.pop("augment")), cum(parts.pop("collation"))
+    named = {k: cum(v) for k, v in parts.items()}
+    seconds = {
+        "read + decode": read,
+        "crop, resize, flip": augment - sum(named.values()),
+        **named,
+        "collation": collation,
+        "other": total - read - augment - collation,
+    }
+    images = n * side.args.batch_size
+    return {
+        "total_s": total,
+        "images": images,
+        "seconds": seconds,
+        "shares": {k: v / total for k, v in seconds.items()},
+    }
 
 
 def time_run(batches, batch_size: int, warm: int, steady: int) -> dict:
@@ -306,7 +435,10 @@ def _benchmark(args: argparse.Namespace) -> dict:
                     flush=True,
                 )
         load_after = os.getloadavg()
+        profiles = {k: profile(sides[k], steady) for k in order} if args.profile else None
     result = _result(args, {k: summarise(v, args.workers) for k, v in runs.items()}, formats)
+    if profiles:
+        result["profile"] = profiles
     result["load_average_before"], result["load_average_after"] = list(load_before), list(load_after)
     return result
 
@@ -374,6 +506,16 @@ def table(result: dict) -> str:
     for fmt, f in result["formats"].items():
         rows.append(row(f"vitjax, {fmt}", result["sides"][f"vitjax/{fmt}"], f"{f['ratio_to_timm']:.2f}x"))
     rows.append(row("timm DataLoader, imagefolder", result["sides"]["timm/imagefolder"], "1.00x"))
+    if "profile" in result:
+        prof = result["profile"]
+        names = list(next(iter(prof.values()))["seconds"])
+        rows += ["", "Where one worker's time goes (cProfile, --workers 0, share of the time; ms per image):", ""]
+        rows += ["| part | " + " | ".join(prof) + " |", "|---|" + "---|" * len(prof)]
+        for name in names:
+            cells = [f"{p['shares'][name]:.0%} ({1e3 * p['seconds'][name] / p['images']:.2f})" for p in prof.values()]
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells = [f"100% ({1e3 * p['total_s'] / p['images']:.2f})" for p in prof.values()]
+        rows.append("| total | " + " | ".join(cells) + " |")
     return "\n".join([head, *rows])
 
 
@@ -425,6 +567,13 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=_at_least(1), default=12, help="batches timed per run, after the warm-up")
     p.add_argument("--repeats", type=_at_least(1), default=3, help="runs of each side, alternating")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--timm-prefetcher",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="timm's loader as with its prefetcher (uint8 out; normalise and erase on the device, not timed)",
+    )
+    p.add_argument("--profile", action="store_true", help="also profile each side's work in one process (cProfile)")
     p.add_argument("--json", help="write the results here")
     return p
 
