@@ -64,7 +64,8 @@ class TrainConfig:
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
-    data_workers: int = 0  # grain read threads (0: read in the main thread)
+    workers: int = 0  # data processes decoding and augmenting records (train.data.Batches); 0: in this process
+    data_workers: int = 0  # grain read threads in each reading process (0: one)
     skip_bad_images: bool = False  # count and skip unreadable images (train.data.BadImages) instead of stopping
     # augmentation, timm's train.py flags (train.augment); None: the dataset's default
     aa: str | None = None  # rand-m9-mstd0.5-inc1, original, v0, augmix-m3-w3, ...
@@ -137,6 +138,9 @@ class TrainConfig:
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError("--layer-decay must be in (0, 1]")
         _check_augmentation(self)
+        for name in ("workers", "data_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
 
     def model_overrides(self) -> dict[str, Any]:
         args = dict(self.model_args)
@@ -222,6 +226,17 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v.strip())
 
 
+def _count(text: str) -> int:
+    """A non-negative integer (a number of processes or threads), else a command-line error."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -236,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ratio": _pair,
         "opt_betas": _pair,
         "decay_milestones": _floats,
+        "workers": _count,
+        "data_workers": _count,
         **AUG_FLAGS,
     }
     allowed = choices()

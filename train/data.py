@@ -181,6 +181,13 @@ class BadImages:
         self.count = 0
         self.errors: dict[str, str] = {}  # file (or example) -> its first error
 
+    def __getstate__(self) -> dict:  # a worker process gets its own copy; its lock cannot travel
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def record(self, split, i: int, error: Exception) -> None:
         if isinstance(split, records.PackedSplit):
             shard, j = split.locate(i)
@@ -239,16 +246,148 @@ def eval_image(
     return np.asarray(im, np.uint8)
 
 
-def _local_view(n_batches: int, global_batch: int, process_index: int, process_count: int, fetch):
-    if global_batch % process_count:
-        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
-    b = global_batch // process_count
+_SHM = 1 << 22  # arrays smaller than this go through the worker queues by pickle (see Batches.pipeline)
 
-    def local(i: int):
-        step, k = divmod(i, b)
-        return fetch(step * global_batch + process_index * b + k)
 
-    return grain.MapDataset.range(n_batches * b).map(local).batch(b, drop_remainder=True)
+class Batches:
+    """Batches of ``batch`` consecutive records of ``records`` (a ``grain.MapDataset`` of per-example dicts),
+    read by ``workers`` processes. ``iter()`` gives a ``BatchIterator``; ``len`` and ``[i]`` (batch ``i``, read
+    in this process) are there too.
+
+    ``workers`` 0: batches are made in this process, ``threads`` grain threads each making whole batches.
+    ``workers`` N: grain's ``mp_prefetch`` starts N processes (spawned; each gets a pickled copy of the records'
+    functions and opens its own file handles) that decode and augment single records, ``threads`` read threads
+    each; batches are assembled here. Worker ``w`` reads records ``w, w + N, ...`` and grain interleaves them
+    back in order, so the batches do not depend on ``workers``."""
+
+    def __init__(self, records: grain.MapDataset, batch: int, *, workers: int = 0, threads: int = 0, bad=None):
+        if workers < 0 or threads < 0:
+            raise ValueError(f"workers ({workers}) and threads ({threads}) must be >= 0")
+        self.records, self.batch, self.workers, self.threads, self.bad = records, batch, workers, threads, bad
+
+    def __len__(self) -> int:
+        return len(self.records) // self.batch
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        return self._collect([self.records[i * self.batch + k] for k in range(self.batch)])
+
+    def __iter__(self) -> BatchIterator:
+        return BatchIterator(self)
+
+    def _collect(self, examples: list[dict]) -> dict:
+        return self._count({k: np.stack([e[k] for e in examples]) for k in examples[0]}, remote=False)
+
+    def _count(self, batch: dict, remote: bool) -> dict:
+        """Drops the per-example count of unreadable reads, adding it to ``bad`` when it was made in a worker
+        process (``remote``: that process's copy of ``bad`` counted it, not ours)."""
+        reads = batch.pop("bad_reads", None)
+        if remote and self.bad is not None and reads is not None:
+            with self.bad._lock:
+                self.bad.count += int(reads.sum())
+        return batch
+
+    def pipeline(self, start: int) -> grain.IterDataset:
+        """The grain dataset of batches ``start, start + 1, ...``."""
+        records = self.records[start * self.batch : len(self) * self.batch]
+        if not self.workers:
+            batched = records.batch(self.batch, drop_remainder=True)
+            return batched.to_iter_dataset(
+                grain.ReadOptions(num_threads=max(self.threads, 1), prefetch_buffer_size=max(2 * self.threads, 1))
+            )
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain reads an absl flag when it starts workers (once jax's profiler
+            flags.FLAGS.mark_as_parsed()  # is loaded); outside absl.app nobody parsed them: take the defaults
+        per_worker = -(-self.batch // self.workers)  # records each worker keeps ready: a batch between them
+        reads = records.to_iter_dataset(
+            grain.ReadOptions(num_threads=max(self.threads, 1), prefetch_buffer_size=max(per_worker, 1))
+        )
+        # one record's arrays (150 KB at 224 px) are pickled through the workers' queues rather than each put in
+        # its own shared-memory block, which grain frees asynchronously (a process ending right after its last
+        # batch left some for the resource tracker to clean up, with a warning)
+        reads = grain.experimental.WithOptionsIterDataset(reads, grain.experimental.DatasetOptions(min_shm_size=_SHM))
+        spread = reads.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=max(per_worker, 1))
+        )
+        return spread.batch(self.batch, drop_remainder=True)
+
+
+class BatchIterator:
+    """An iterator over ``Batches`` whose state is the index of its next batch (``{"next_index": i}``, the state
+    grain's own batch iterator has, so checkpoints of either load): ``set_state`` restarts the pipeline there,
+    whatever the number of workers or processes. The pipeline (and its worker processes) starts at the first
+    ``next`` and stops at the end, on ``set_state`` and on ``close`` (or leaving a ``with`` block)."""
+
+    def __init__(self, batches: Batches):
+        self._batches = batches
+        self._next = 0
+        self._it = None
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict:
+        if self._next >= len(self._batches):
+            self.close()
+            raise StopIteration
+        if self._it is None:
+            self._it = iter(self._batches.pipeline(self._next))
+        batch = next(self._it)
+        self._next += 1
+        return self._batches._count(dict(batch), remote=self._batches.workers > 0)
+
+    def get_state(self) -> dict:
+        return {"next_index": self._next}
+
+    def set_state(self, state: dict) -> None:
+        self.close()
+        self._next = int(state["next_index"])
+
+    def close(self) -> None:
+        if self._it is not None:
+            it, self._it = self._it, None
+            it.close()
+
+    def __enter__(self) -> BatchIterator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DevicePrefetch:
+    """Keeps ``depth`` batches of an iterator already handed to ``put`` (e.g. ``jax.device_put`` or
+    ``jax.make_array_from_process_local_data``, which return before the copy is done) ahead of the consumer,
+    so the copy to the device overlaps the step. ``get_state`` is the state after the batches handed out so
+    far (not those queued), so a checkpoint taken between steps resumes at the right batch."""
+
+    def __init__(self, it: BatchIterator, put, depth: int = 2):
+        self._it, self._put, self._depth = it, put, depth
+        self._queue: list = []
+        self._taken = it.get_state()["next_index"]
+
+    def __iter__(self) -> DevicePrefetch:
+        return self
+
+    def __next__(self):
+        while len(self._queue) < self._depth + 1:
+            try:
+                self._queue.append(self._put(next(self._it)))
+            except StopIteration:
+                break
+        if not self._queue:
+            raise StopIteration
+        self._taken += 1
+        return self._queue.pop(0)
+
+    def get_state(self) -> dict:
+        return {"next_index": self._taken}
+
+    def close(self) -> None:
+        self._queue.clear()
+        self._it.close()
 
 
 def train_batches(
@@ -266,9 +405,22 @@ def train_batches(
     process_index: int = 0,
     process_count: int = 1,
     workers: int = 0,
+    threads: int = 0,
     bad_images: BadImages | None = None,
-) -> grain.IterDataset:
-    """This process's share of the global training batches for steps ``0 .. steps - 1``.
+) -> Batches:
+    """This process's share of the global training batches for steps ``0 .. steps - 1``, uint8 NHWC images
+    and int32 labels.
+
+    The training iterator for a given number of worker processes, without running training::
+
+        data = load_dataset("path/to/imagefolder_or_packed_dir", 224)
+        aug = train_augment(TrainConfig(model=..., steps=..., aa=...), data, 224, mean, std)  # or TrainAugment
+        with iter(train_batches(data, img_size=224, global_batch=256, steps=1000, seed=0, augment=aug,
+                                workers=8)) as it:
+            for batch in it: ...
+
+    ``workers``: decoding processes (``Batches``; 0 decodes in this process); ``threads``: grain read threads
+    in each reading process.
 
     ``augment``: the train transform; without it, a random-resized crop (``scale``, ``ratio``, the dataset's
     interpolation) and horizontal flip (``hflip``) only. Without ``aug_repeats``, the stream is the dataset
@@ -293,8 +445,9 @@ def train_batches(
 
     def example(index: int, key: int) -> dict:
         rng = np.random.default_rng((seed, 1, key))  # the example's own draws: a function of seed and position
-        image, index = _load(split, index, bad_images)
-        return {"image": augment(image, rng), "label": np.int32(split.labels[index])}
+        image, read = _load(split, index, bad_images)
+        bad_reads = np.int32((read - index) % len(split))
+        return {"image": augment(image, rng), "label": np.int32(split.labels[read]), "bad_reads": bad_reads}
 
     if aug_repeats:
         stream = RepeatAugStream(len(split), aug_repeats, process_count, seed, batch=b)
@@ -311,9 +464,8 @@ def train_batches(
             g = step * global_batch + process_index * b + k
             return example(order[g], g)
 
-    batches = grain.MapDataset.range(steps * b).map(local).batch(b, drop_remainder=True)
-    opts = grain.ReadOptions(num_threads=max(workers, 1), prefetch_buffer_size=max(2 * workers, 1))
-    return batches.to_iter_dataset(opts)
+    records = grain.MapDataset.range(steps * b).map(local)
+    return Batches(records, b, workers=workers, threads=threads, bad=bad_images)
 
 
 def eval_batches(
@@ -326,27 +478,34 @@ def eval_batches(
     crop_pct: float = 0.875,
     interpolation: str = "bicubic",
     bad_images: BadImages | None = None,
-) -> grain.MapDataset:
-    """This process's share of the validation set in global batches; the last batch is padded (``valid`` 0), as
-    is an unreadable image under ``bad_images``."""
-    n = len(data.val)
+    workers: int = 0,
+    threads: int = 0,
+) -> Batches:
+    """This process's share of the validation set in global batches (``Batches``, read by ``workers``
+    processes); the last batch is padded (``valid`` 0), as is an unreadable image under ``bad_images``."""
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    n, b = len(data.val), global_batch // process_count
     blank = np.zeros((img_size, img_size, 3), np.uint8)
 
-    def fetch(g: int) -> dict:
+    def fetch(t: int) -> dict:
+        step, k = divmod(t, b)
+        g = step * global_batch + process_index * b + k
         if g >= n:
-            return {"image": blank, "label": np.int32(0), "valid": np.int32(0)}
+            return {"image": blank, "label": np.int32(0), "valid": np.int32(0), "bad_reads": np.int32(0)}
         if bad_images is not None:
             try:
                 image = data.val.load(g)
             except _UNREADABLE as e:
                 bad_images.record(data.val, g, e)
-                return {"image": blank, "label": np.int32(0), "valid": np.int32(0)}
+                return {"image": blank, "label": np.int32(0), "valid": np.int32(0), "bad_reads": np.int32(1)}
         else:
             image = None
         img = eval_image(data.val, g, img_size, data.resized, crop_pct, interpolation, image)
-        return {"image": img, "label": np.int32(data.val.labels[g]), "valid": np.int32(1)}
+        return {"image": img, "label": np.int32(data.val.labels[g]), "valid": np.int32(1), "bad_reads": np.int32(0)}
 
-    return _local_view(math.ceil(n / global_batch), global_batch, process_index, process_count, fetch)
+    records = grain.MapDataset.range(math.ceil(n / global_batch) * b).map(fetch)
+    return Batches(records, b, workers=workers, threads=threads, bad=bad_images)
 
 
 def _shards(text: str) -> int:

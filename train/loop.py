@@ -203,7 +203,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         )
 
     bad_images = data_lib.BadImages() if cfg.skip_bad_images else None
-    train_iter = iter(
+    host_iter = iter(
         data_lib.train_batches(
             data,
             img_size=img_size,
@@ -214,17 +214,23 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             aug_repeats=cfg.aug_repeats,
             process_index=pid,
             process_count=nproc,
-            workers=cfg.data_workers,
+            workers=cfg.workers,
+            threads=cfg.data_workers,
             bad_images=bad_images,
         )
     )
     if data_state is not None:
-        train_iter.set_state(data_state)
+        host_iter.set_state(data_state)
+    bsh = plan.batch_sharding
+
+    def to_device(local: dict, keys=("image", "label")) -> dict:
+        return {k: jax.make_array_from_process_local_data(bsh, local[k]) for k in keys}
+
+    train_iter = data_lib.DevicePrefetch(host_iter, to_device)  # batches copied to the devices ahead of the step
 
     mean, std = plan.mean, plan.std
     constrain = plan.constraint()  # activations split over the batch axes
     rep = mesh_lib.replicated(mesh)
-    bsh = plan.batch_sharding
     # on the CPU, the options that keep the backward pass linear in depth (vitjax.xla_cpu)
     xla = {
         **(compiler_options(mesh.devices.flat[0].platform) or {}),
@@ -253,24 +259,31 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         crop_pct=cfg.crop_pct or plan.data_cfg["crop_pct"],
         interpolation=plan.data_cfg["interpolation"],
         bad_images=bad_images,
+        workers=cfg.workers,
+        threads=cfg.data_workers,
     )
 
     def evaluate(state) -> dict[str, float]:
+        """Raw and EMA weights on each validation batch as it arrives: the images are decoded once."""
         sets = {"": (state.params, state.batch_stats)}
         if use_ema:
             sets["_ema"] = (state.ema["params"], state.ema["batch_stats"])
+        sums = dict.fromkeys(sets)
+        batches = data_lib.DevicePrefetch(iter(eval_data), lambda b: to_device(b, ("image", "label", "valid")))
+        try:
+            for b in batches:
+                for suffix, (p, s) in sets.items():
+                    r = eval_fn(p, s, b)
+                    sums[suffix] = r if sums[suffix] is None else jax.tree.map(jnp.add, sums[suffix], r)
+        finally:
+            batches.close()
         out = {}
-        for suffix, (p, s) in sets.items():
-            sums = None
-            for i in range(len(eval_data)):
-                b = {k: jax.make_array_from_process_local_data(bsh, v) for k, v in eval_data[i].items()}
-                r = eval_fn(p, s, b)
-                sums = r if sums is None else jax.tree.map(jnp.add, sums, r)
-            n = _scalar(sums["count"])
+        for suffix, acc in sums.items():
+            n = _scalar(acc["count"])
             out |= {
-                f"top1{suffix}": 100.0 * _scalar(sums["top1"]) / n,
-                f"top5{suffix}": 100.0 * _scalar(sums["top5"]) / n,
-                f"eval_loss{suffix}": _scalar(sums["loss"]) / n,
+                f"top1{suffix}": 100.0 * _scalar(acc["top1"]) / n,
+                f"top5{suffix}": 100.0 * _scalar(acc["top5"]) / n,
+                f"eval_loss{suffix}": _scalar(acc["loss"]) / n,
             }
         return out
 
@@ -280,11 +293,13 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
     result = RunResult(st, parts, mesh, start, total, mean=mean, std=std)
     pending: list[tuple[int, dict]] = []
     t_mark, n_mark = time.perf_counter(), start
+    waited = 0.0  # seconds of the logging interval spent waiting for the next batch
     step = start
     try:
         while step < total:
-            local = next(train_iter)
-            batch = {k: jax.make_array_from_process_local_data(bsh, local[k]) for k in ("image", "label")}
+            t_wait = time.perf_counter()
+            batch = next(train_iter)
+            waited += time.perf_counter() - t_wait
             st, metrics = train_step(st, batch)
             step += 1
             pending.append((step, metrics))
@@ -295,7 +310,8 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
                 pending.clear()
                 now = time.perf_counter()
                 ips = (step - n_mark) * cfg.batch_size / max(now - t_mark, 1e-9)
-                t_mark, n_mark = now, step
+                data_wait = min(waited / max(now - t_mark, 1e-9), 1.0)
+                t_mark, n_mark, waited = now, step, 0.0
                 for s, m in host:
                     if not m["finite"]:
                         if cfg.nan_policy == "stop":
@@ -313,9 +329,10 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
                     "lr": m["lr"],
                     "grad_norm": m["grad_norm"],
                     "images_per_sec": ips,
+                    "data_wait": data_wait,  # the share of the interval spent waiting for input
                 }
                 writer.write(rec)
-                progress.update(len(host), loss=f"{m['loss']:.4f}", img_s=f"{ips:.0f}")
+                progress.update(len(host), loss=f"{m['loss']:.4f}", img_s=f"{ips:.0f}", wait=f"{data_wait:.0%}")
                 stop = signals.agreed()
             if cfg.eval_every and step % cfg.eval_every == 0 and not last:
                 ev = evaluate(st)
@@ -339,6 +356,7 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
             result.final_eval = ev
             log("[eval] final: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
     finally:
+        train_iter.close()  # stops the data worker processes
         progress.close()
         ckpt.close()
         if best is not None:
@@ -346,7 +364,8 @@ def run(cfg: TrainConfig, *, devices: list | None = None) -> RunResult:
         signals.restore()
         writer.close()
     if bad_images is not None and bad_images.count:
-        log(f"[data] skipped {bad_images.count} reads of {len(bad_images.errors)} unreadable images")
+        which = f"{len(bad_images.errors)} unreadable images" if bad_images.errors else "unreadable images"
+        log(f"[data] skipped {bad_images.count} reads of {which} (each named above, where it was first met)")
     if main and not result.preempted:
         plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
     result.state, result.steps_done = st, step

@@ -121,6 +121,13 @@ class _TarShard:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __getstate__(self) -> dict:  # for worker processes: the index travels, open files do not
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()  # each process (and thread) reopens the shard at its first read
+
     def labels(self) -> list[int]:
         return [label for label, _ in self._entries]
 
