@@ -12,9 +12,9 @@ The benchmark times, in one process, alternating run by run (vitjax, timm, vitja
 
 * vitjax: the training pipeline exactly as ``python -m train`` builds it: ``train.data.load_dataset`` and
   ``train.data.train_batches`` with the transform ``train.data.train_augment`` makes of a ``TrainConfig`` holding
-  this command's augmentation flags, ``data_workers`` = ``--workers``. From the ImageFolder and (``--format
-  arrayrecord|both``) from its ArrayRecord packing, written once into a temporary directory by the function
-  behind ``python -m train.data pack``.
+  this command's augmentation flags, ``workers`` = ``--workers`` (processes), ``data_workers`` = ``--threads``.
+  From the ImageFolder and (``--format arrayrecord|both``) from its ArrayRecord packing, written once into a
+  temporary directory by the function behind ``python -m train.data pack``.
 * timm: ``timm.data.create_dataset('', root, split='train')`` (its ImageFolder reader over the same files) and
   ``timm.data.create_loader(is_training=True, num_workers=--workers)`` with the same image size, RandAugment,
   random erasing (probability, mode, count), colour jitter, interpolation, scale, ratio, flips, mean and std.
@@ -22,9 +22,9 @@ The benchmark times, in one process, alternating run by run (vitjax, timm, vitja
 timm runs as its ``train.py`` does by default, with ``use_prefetcher=True``, and the benchmark times the
 ``DataLoader`` inside its ``PrefetchLoader``: the workers decode, crop, flip and augment, and hand over uint8
 tensors (``MaybePILToTensor``, ``fast_collate``); the prefetcher's device work (normalisation and random erasing, on the
-GPU) is left out, as our normalisation on the TPU is. That is the fair peer: our workers also stop at uint8,
-and erase there as well, which timm leaves to its device (a share of about 1% of a worker's time, the profile
-shows), so the comparison is slightly conservative for vitjax. Without the prefetcher
+GPU) is left out, as our normalisation on the TPU is. That is the fair peer: our workers also stop at uint8;
+they erase as well, which timm leaves to its device (at ``--reprob 0.25``, a few per cent of a worker's time:
+``--profile``), so the comparison is slightly conservative for vitjax. Without the prefetcher
 (``--no-timm-prefetcher``) timm's workers also convert to float and normalise (``ToTensor``, ``Normalize``),
 about an eighth of their time, host work that ours leaves to the device. torch runs with one intra-op thread in
 the main process (``torch.set_num_threads(1)``, restored after; its workers use one each anyway), so
@@ -106,7 +106,8 @@ def vitjax_config(args: argparse.Namespace, data_spec: str):
         img_size=args.img_size,
         batch_size=args.batch_size,
         steps=1,
-        data_workers=args.workers,
+        workers=args.workers,
+        data_workers=args.threads,
         aa=args.aa,
         reprob=args.reprob,
         remode=args.remode,
@@ -142,7 +143,8 @@ class VitjaxSide:
                 seed=self.cfg.seed + run,
                 augment=self.augment,
                 aug_repeats=self.cfg.aug_repeats,
-                workers=self.cfg.data_workers,
+                workers=self.cfg.workers,
+                threads=self.cfg.data_workers,
             )
         )
         try:
@@ -554,6 +556,9 @@ def bench_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="ImageFolder root with train/<class>/ and val/<class>/")
     p.add_argument("--workers", type=_at_least(0), default=0, help="worker processes of each side (0: in process)")
+    p.add_argument(
+        "--threads", type=_at_least(0), default=0, help="vitjax: grain read threads a process (--data-workers)"
+    )
     p.add_argument("--batch-size", type=_at_least(1), default=64)
     p.add_argument("--img-size", type=_at_least(8), default=224)
     p.add_argument("--aa", type=AUG_FLAGS["aa"], default=None, help="as python -m train (rand-m9-mstd0.5-inc1, ...)")

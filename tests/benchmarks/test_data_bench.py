@@ -35,30 +35,33 @@ def test_make_writes_imagenet_sized_jpegs(jpegs):
     assert not jpegs.with_name("jpegs.partial").exists()
 
 
-def _check(res: dict, stdout: str, workers: int) -> None:
+def _check(res: dict, stdout: str, workers: int, formats=("imagefolder", "arrayrecord")) -> None:
     assert res["settings"]["workers"] == workers
     assert res["vitjax_images_per_sec"] > 0 and res["timm_images_per_sec"] > 0
     assert res["ratio"] == pytest.approx(res["vitjax_images_per_sec"] / res["timm_images_per_sec"])
-    for fmt in ("imagefolder", "arrayrecord"):
+    assert set(res["formats"]) == set(formats)
+    for fmt in formats:
         assert res[f"vitjax_{fmt}_images_per_sec"] > 0
         assert res["formats"][fmt]["vitjax_first_batch_s"] > 0
     assert res["timm_first_batch_s"] > 0
     for side in res["sides"].values():
         assert len(side["runs"]) == 1 and side["per_core_images_per_sec"] == side["images_per_sec"] / max(workers, 1)
-    assert "| timm DataLoader, imagefolder |" in stdout and "| vitjax, arrayrecord |" in stdout
+    assert "| timm DataLoader, imagefolder |" in stdout
+    assert all(f"| vitjax, {fmt} |" in stdout for fmt in formats)
 
 
-def _args(jpegs: Path, workers: int) -> list[str]:
+def _args(jpegs: Path, workers: int, fmt: str = "both") -> list[str]:
     args = ["--data", str(jpegs), "--workers", str(workers), "--batch-size", "8", "--img-size", "32"]
     args += ["--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--batches", "2", "--repeats", "1"]
-    return args + ["--format", "both", "--shards", "2", "--json", "res.json"]  # a relative path, from cwd
+    return args + ["--format", fmt, "--shards", "2", "--json", "res.json"]  # a relative path, from cwd
 
 
 def test_benchmark_runs_end_to_end(jpegs, tmp_path):
-    """The command as a user runs it, with one worker process a side."""
+    """The command as a user runs it, with one worker process a side (the ImageFolder only: each run starts
+    its workers, and a grain worker process imports jax)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.data", *_args(jpegs, 1)],
+        [sys.executable, "-m", "benchmarks.data", *_args(jpegs, 1, "imagefolder")],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -66,7 +69,7 @@ def test_benchmark_runs_end_to_end(jpegs, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    _check(json.loads((tmp_path / "res.json").read_text()), proc.stdout, 1)
+    _check(json.loads((tmp_path / "res.json").read_text()), proc.stdout, 1, ("imagefolder",))
 
 
 def test_benchmark_in_process_without_workers(jpegs, tmp_path, monkeypatch, capsys):
@@ -76,9 +79,18 @@ def test_benchmark_in_process_without_workers(jpegs, tmp_path, monkeypatch, caps
 
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
-    assert bench.main(_args(jpegs, 0)) == 0
+    assert bench.main([*_args(jpegs, 0), "--profile"]) == 0
     assert torch.get_num_threads() == threads
-    _check(json.loads((tmp_path / "res.json").read_text()), capsys.readouterr().out, 0)
+    res = json.loads((tmp_path / "res.json").read_text())
+    _check(res, capsys.readouterr().out, 0)
+    # --profile: each side's time split into parts that add up to the time measured, reading and decoding
+    # (the largest part on both sides at any size) and the transform's resize among them
+    assert set(res["profile"]) == {"vitjax/imagefolder", "vitjax/arrayrecord", "timm/imagefolder"}
+    for prof in res["profile"].values():
+        assert prof["images"] == 16
+        assert sum(prof["seconds"].values()) == pytest.approx(prof["total_s"])
+        assert prof["seconds"]["read + decode"] > 0 and prof["seconds"]["crop, resize, flip"] > 0
+        assert all(v > -1e-3 for v in prof["shares"].values())
 
 
 @pytest.mark.parametrize(
