@@ -35,8 +35,10 @@ refuses: ``keep_timm_running_at_zero_bits`` gives those ops Pillow's old result,
 
 Each run builds its loader anew. The time from building it to the first batch (worker start-up, and filling the
 first batch) is reported on its own; the steady rate is over the ``--batches`` batches that follow the first
-``max(workers, 1)``: while the first batch is being made, each of the other workers makes one too, and counting
-those as steady would flatter the rate. A side's figure is the median over its runs. Per core: images/s divided
+``1 + 2 * workers``: while the first batch is being made (a grain worker process starts in seconds: it imports
+jax), the workers fill their buffers (timm's two batches a worker, grain's a batch between them and its read
+threads' buffers), and counting those batches as steady would flatter the side that starts slowest. A side's
+figure is the median over its runs. Per core: images/s divided
 by the workers (by one for ``--workers 0``: everything happens in the main process); and, measured rather than
 assumed, images per CPU-second: the CPU time (user + system) of this process and all its descendants, read from
 ``/proc`` over the steady window (Linux only; ``null`` elsewhere). On a shared machine the second is the honest
@@ -405,7 +407,7 @@ def _benchmark(args: argparse.Namespace) -> dict:
     from train import data as data_lib
 
     formats = ["imagefolder", "arrayrecord"] if args.format == "both" else [args.format]
-    warm, steady = max(args.workers, 1), args.batches
+    warm, steady = 1 + 2 * args.workers, args.batches  # the first batch, then what the buffers held
     n = warm + steady
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         sides = {}
@@ -569,7 +571,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-interpolation", choices=INTERPOLATIONS, default=None, help="None: random")
     p.add_argument("--format", choices=FORMATS, default="both", help="what vitjax reads (timm: the ImageFolder)")
     p.add_argument("--shards", type=_at_least(1), default=8, help="ArrayRecord shards of the packing")
-    p.add_argument("--batches", type=_at_least(1), default=12, help="batches timed per run, after the warm-up")
+    p.add_argument("--batches", type=_at_least(1), default=10, help="batches timed per run, after the warm-up")
     p.add_argument("--repeats", type=_at_least(1), default=3, help="runs of each side, alternating")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
