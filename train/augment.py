@@ -484,11 +484,23 @@ class TrainAugment:
         if self.aa:
             object.__setattr__(self, "policy", aa_transform(self.aa, self.img_size, self.mean, self.interpolation))
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        box = crop_box(img.width, img.height, self.scale, self.ratio, rng)
+    def __call__(
+        self,
+        img: Image.Image,
+        rng: np.random.Generator,
+        box: tuple[int, int, int, int] | None = None,
+        scale: int = 1,
+    ) -> np.ndarray:
+        """``img`` augmented with draws from ``rng``. ``box``: the crop box, already drawn from ``rng`` on the full
+        image, of which ``img`` is a decode at ``1 / scale`` of its size (``train.data.plan_decode``)."""
+        if box is None:
+            box = crop_box(img.width, img.height, self.scale, self.ratio, rng)
         interp = self.interpolation
         resample = RANDOM_RESAMPLE[int(rng.integers(2))] if interp == "random" else RESAMPLE[interp]
-        img = img.crop(box).resize((self.img_size, self.img_size), resample)
+        if scale == 1:
+            img = img.crop(box).resize((self.img_size, self.img_size), resample)
+        else:  # the same window on the reduced image (its pixel k covers full-size pixels [k * scale, (k + 1) * scale))
+            img = img.resize((self.img_size, self.img_size), resample, box=tuple(v / scale for v in box))
         if self.hflip > 0 and rng.random() < self.hflip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if self.vflip > 0 and rng.random() < self.vflip:

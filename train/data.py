@@ -59,12 +59,18 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def load(self, i: int) -> Image.Image:
+    def load(self, i: int, prepare=None) -> Image.Image:
+        """Example ``i``'s image, RGB; ``prepare(image)`` is called on it before it is decoded (``plan_decode``)."""
         item = self.images[i]
         if isinstance(item, np.ndarray):
-            return Image.fromarray(item)
+            im = Image.fromarray(item)
+            if prepare is not None:
+                prepare(im)
+            return im
         try:
             with Image.open(item) as im:
+                if prepare is not None:
+                    prepare(im)
                 return im.convert("RGB")
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's errors for bad files
             raise ImageError(f"{item}: cannot read this image ({type(e).__name__}: {e})") from e
@@ -203,17 +209,35 @@ class BadImages:
         print(f"[data] skipping unreadable image {name} ({self.errors[name]})", file=sys.stderr, flush=True)
 
 
-def _load(split, i: int, bad: BadImages | None) -> tuple[Image.Image, int]:
+def _load(split, i: int, bad: BadImages | None, prepare=None) -> tuple[Image.Image, int]:
     """Example ``i``'s image and the index it came from: ``i``, or under ``bad`` the next readable one."""
     if bad is None:
-        return split.load(i), i
+        return split.load(i, prepare), i
     for k in range(len(split)):
         j = (i + k) % len(split)
         try:
-            return split.load(j), j
+            return split.load(j, prepare), j
         except _UNREADABLE as e:
             bad.record(split, j, e)
     raise ValueError(f"--skip-bad-images: none of the {len(split)} images of the split is readable")
+
+
+def plan_decode(img: Image.Image, augment: TrainAugment, rng: np.random.Generator, draft: bool = True):
+    """The crop box of ``augment``'s random-resized crop, drawn from ``rng`` on ``img`` before it is decoded (its
+    size is the file header's), and the scale to decode it at. With ``draft``, a JPEG whose crop window is at
+    least twice the output size on both sides is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling through
+    PIL's ``Image.draft``: the most that keeps the window at least the output size, so the resize still only
+    shrinks), which saves most of the decode; else (and for other formats) the scale is 1 and the image is
+    decoded and cropped exactly as without this step. Returns ``(box, scale)`` for ``augment(image, rng, box,
+    scale)``. The drafted pixels are those of the full decode up to the filtering of the reduction."""
+    box = crop_box(img.width, img.height, augment.scale, augment.ratio, rng)
+    short = min(box[2] - box[0], box[3] - box[1])
+    want = next((s for s in (8, 4, 2) if short >= s * augment.img_size), 1) if draft else 1
+    if want == 1:
+        return box, 1
+    width = img.width  # draft changes img.size to the reduced one
+    got = img.draft("RGB", (width // want, img.height // want))  # None: not a JPEG (decoded in full)
+    return box, 1 if got is None else round(width / got[1][2])  # got[1]: (0, 0, width / s, height / s)
 
 
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -407,6 +431,7 @@ def train_batches(
     workers: int = 0,
     threads: int = 0,
     bad_images: BadImages | None = None,
+    draft: bool = True,
 ) -> Batches:
     """This process's share of the global training batches for steps ``0 .. steps - 1``, uint8 NHWC images
     and int32 labels.
@@ -420,7 +445,7 @@ def train_batches(
             for batch in it: ...
 
     ``workers``: decoding processes (``Batches``; 0 decodes in this process); ``threads``: grain read threads
-    in each reading process.
+    in each reading process. ``draft``: JPEGs decoded at reduced scale where the crop allows (``plan_decode``).
 
     ``augment``: the train transform; without it, a random-resized crop (``scale``, ``ratio``, the dataset's
     interpolation) and horizontal flip (``hflip``) only. Without ``aug_repeats``, the stream is the dataset
@@ -444,10 +469,17 @@ def train_batches(
     split, b = data.train, global_batch // process_count
 
     def example(index: int, key: int) -> dict:
-        rng = np.random.default_rng((seed, 1, key))  # the example's own draws: a function of seed and position
-        image, read = _load(split, index, bad_images)
+        drawn = {}
+
+        def prepare(image: Image.Image) -> None:  # before decoding: the crop box, and the decode scale it allows
+            rng = np.random.default_rng((seed, 1, key))  # the example's own draws: a function of seed and position
+            drawn["rng"] = rng  # (afresh for each image tried under --skip-bad-images)
+            drawn["box"], drawn["scale"] = plan_decode(image, augment, rng, draft)
+
+        image, read = _load(split, index, bad_images, prepare)
+        img = augment(image, drawn["rng"], drawn["box"], drawn["scale"])
         bad_reads = np.int32((read - index) % len(split))
-        return {"image": augment(image, rng), "label": np.int32(split.labels[read]), "bad_reads": bad_reads}
+        return {"image": img, "label": np.int32(split.labels[read]), "bad_reads": bad_reads}
 
     if aug_repeats:
         stream = RepeatAugStream(len(split), aug_repeats, process_count, seed, batch=b)

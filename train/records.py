@@ -183,10 +183,13 @@ class PackedSplit:
             raise ShardError(f"{shard.path}: record {j} ({name}) has label {label}, {META} says {self.labels[i]}")
         return data
 
-    def load(self, i: int) -> Image.Image:
+    def load(self, i: int, prepare=None) -> Image.Image:
+        """Example ``i``'s image, RGB; ``prepare(image)`` is called on it before it is decoded."""
         data = self.read(i)
         try:
             with Image.open(io.BytesIO(data)) as im:
+                if prepare is not None:
+                    prepare(im)
                 return im.convert("RGB")
         except Exception as e:
             shard, j = self.locate(i)

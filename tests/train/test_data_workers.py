@@ -83,12 +83,12 @@ def test_workers_read_their_share_give_the_same_batches_and_count_bad_images(tmp
     with iter(data.train_batches(d, bad_images=data.BadImages(), **kw)) as again:
         again.set_state(state)
         assert np.array_equal(next(again)["image"], got[1]["image"])
-    ev0 = list(data.eval_batches(d, img_size=32, global_batch=4, bad_images=data.BadImages()))
-    bad = data.BadImages()
-    ev1 = data.eval_batches(d, img_size=32, global_batch=4, bad_images=bad, workers=1)
-    assert len(ev1) == 2
-    for a, b in zip(ev0, ev1, strict=True):
-        assert all(np.array_equal(a[k], b[k]) for k in ("image", "label", "valid"))
+    ev0 = list(data.eval_batches(d, img_size=32, global_batch=4))
+    ev1 = data.eval_batches(d, img_size=32, global_batch=4, workers=1)
+    assert len(ev1) == len(ev0) == 2
+    with iter(ev1) as it:
+        b = next(it)  # and leave the rest: closing stops the worker mid-stream
+    assert all(np.array_equal(ev0[0][k], b[k]) for k in ("image", "label", "valid"))
     _no_children()
 
 
