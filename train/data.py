@@ -15,6 +15,8 @@ valid for any process count (with ``aug_repeats``, for the same process count: s
 * A packed directory (``train.records``: ArrayRecord or webdataset tar shards and their ``dataset.json``), written
   from an ImageFolder by ``python -m train.data pack --src IMAGEFOLDER --out DIR --format arrayrecord|tar
   --shards N``; it yields the examples of that ImageFolder, in its order, and is checked when opened.
+* Webdataset tar shards from elsewhere: ``root/train/*.tar`` and ``root/val/*.tar`` without ``dataset.json``,
+  labels from ``.cls`` (or ``.txt``) members; no class names, the class count is the largest label plus one.
 
 Train augmentation: timm's train transform (``train.augment.TrainAugment``: random-resized crop, flips,
 RandAugment / AutoAugment / AugMix or colour jitter, random erasing), drawn from a generator seeded by the run's
@@ -24,6 +26,12 @@ happen on the device (``train.steps``). Eval: digits as they are; ImageFolder im
 resized to ``img_size / crop_pct`` on the short side and centre-cropped, as timm's eval transform, with the
 model's ``crop_pct`` / interpolation / mean / std from ``vitjax.data.resolve_model_data_config``. Images leave
 the pipeline as uint8 NHWC; normalisation happens on the device.
+
+Throughput: ``workers`` processes (``--workers``, ``Batches``) each read, decode and augment single records and
+batches are assembled in the training process; the batches are the same for any number of workers, and the
+iterator state is the batch index, so a checkpoint resumes under any worker or process count. ``DevicePrefetch``
+keeps the next batches on their way to the devices while a step runs. A JPEG whose random-resized crop is at least
+twice the output size is decoded at reduced scale (``plan_decode``).
 """
 
 from __future__ import annotations
@@ -146,10 +154,21 @@ def packed(root: str) -> Dataset:
     return Dataset(splits["train"], splits["val"], len(classes), False, (0.08, 1.0), 0.5, classes=tuple(classes))
 
 
+def tar_dir(root: str) -> Dataset:
+    """Webdataset tar shards written by other tools (``train.records.open_tar_dir``): no class names, and the
+    class count is the largest label plus one."""
+    num_classes, splits = records.open_tar_dir(root)
+    return Dataset(splits["train"], splits["val"], num_classes, False, (0.08, 1.0), 0.5)
+
+
 def load_dataset(spec: str, img_size: int) -> Dataset:
+    """``digits``, a packed directory (``dataset.json``), a directory of webdataset ``train/*.tar`` and
+    ``val/*.tar`` shards, or an ImageFolder."""
     if spec == "digits":
         return digits(img_size)
-    return packed(spec) if records.is_packed(spec) else image_folder(spec)
+    if records.is_packed(spec):
+        return packed(spec)
+    return tar_dir(spec) if records.is_tar_dir(spec) else image_folder(spec)
 
 
 def train_augment(cfg, data: Dataset, img_size: int, mean, std) -> TrainAugment:

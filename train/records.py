@@ -16,6 +16,9 @@ ImageFolder it was packed from, its image bytes stored as they were in the file 
   (the label in ASCII decimal), ``NNNNNN`` the example's index in the split; read through an index of member
   offsets built once per shard when the dataset is opened.
 
+A directory of webdataset tar shards from elsewhere (``train/*.tar``, ``val/*.tar``, no ``dataset.json``) is read
+too (``open_tar_dir``): labels from each example's ``.cls`` (or ``.txt``) member, no class names.
+
 Paths go through ``etils.epath``, so a ``gs://`` directory works where its filesystem package is installed.
 The packer writes each shard under a temporary name and renames it when complete, and ``dataset.json`` last:
 a directory without it is not a dataset, so an interrupted pack is never read as a whole one.
@@ -100,23 +103,31 @@ class _TarShard:
                         continue
                     if m.offset_data + m.size > size:
                         raise ShardError(f"{path}: member {m.name} runs past the end of the file (short shard)")
-                    key, _, ext = m.name.rpartition(".")
-                    entry = members.setdefault(key, {})
-                    if ext == "cls":
-                        entry["label"] = int(tar.extractfile(m).read().decode().strip())
-                    elif ext.lower() in _IMAGE_EXTS:
+                    folder, _, base = m.name.rpartition("/")
+                    stem, _, ext = base.partition(".")  # webdataset's key: the name up to the basename's first dot
+                    entry = members.setdefault(f"{folder}/{stem}", {})
+                    ext = ext.lower()
+                    if ext in ("cls", "txt"):
+                        text = tar.extractfile(m).read().decode(errors="replace").strip()
+                        try:
+                            entry[ext] = int(text)
+                        except ValueError:
+                            raise ShardError(
+                                f"{path}: member {m.name}: label {text[:40]!r} is not an integer"
+                            ) from None
+                    elif ext in _IMAGE_EXTS:
                         entry["image"] = (m.offset_data, m.size, m.name)
         except ShardError:
             raise
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             raise ShardError(f"{path}: not a readable tar shard ({type(e).__name__}: {e})") from e
         self._entries = []
-        for key in sorted(members):
-            entry = members[key]
-            if "image" not in entry or "label" not in entry:
-                missing = "an image" if "image" not in entry else "a .cls label"
-                raise ShardError(f"{path}: example {key} has no {missing}")
-            self._entries.append((entry["label"], entry["image"]))
+        for key, entry in members.items():  # in the order of the members, as webdataset reads them
+            label = entry.get("cls", entry.get("txt"))
+            if "image" not in entry or label is None:
+                missing = "image" if "image" not in entry else ".cls (or .txt) label"
+                raise ShardError(f"{path}: example {key.lstrip('/')} has no {missing}")
+            self._entries.append((label, entry["image"]))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -235,6 +246,37 @@ def open_packed(root: str | os.PathLike) -> tuple[list[str], dict[str, PackedSpl
             labels.append(shard_labels)
         out[split] = PackedSplit(shards, np.concatenate(labels))
     return classes, out
+
+
+def is_tar_dir(root: str | os.PathLike) -> bool:
+    """A directory of webdataset tar shards not written by ``pack`` (no ``dataset.json``): ``train/*.tar`` and
+    ``val/*.tar``."""
+    root = epath.Path(root)
+    return not is_packed(root) and any(root.joinpath("train").glob("*.tar"))
+
+
+def open_tar_dir(root: str | os.PathLike) -> tuple[int, dict[str, PackedSplit]]:
+    """The class count and the ``train`` / ``val`` splits of a directory of webdataset tar shards written by other
+    tools (``is_tar_dir``): each split's ``*.tar`` shards in name order, each shard's examples in member order; an
+    example is the members sharing a key (the name up to the basename's first dot): an image (``.jpg``,
+    ``.jpeg``, ``.png``, ...) and an integer label (``.cls``, else ``.txt``). Without ``dataset.json`` there are
+    no class names: the class count is the largest label of either split plus one. Every shard is indexed here,
+    so a damaged shard, an example without image or label, or a label that is not a non-negative integer is a
+    ``ShardError`` naming the shard before training starts."""
+    root = epath.Path(root)
+    out = {}
+    for split in ("train", "val"):
+        paths = sorted(root.joinpath(split).glob("*.tar"))
+        if not paths:
+            raise ShardError(f"{root / split}: no .tar shards (a tar directory holds train/*.tar and val/*.tar)")
+        shards = [_TarShard(p) for p in paths]
+        for shard in shards:
+            if not len(shard):
+                raise ShardError(f"{shard.path}: no examples (an image and a .cls label under one key)")
+            if min(shard.labels()) < 0:
+                raise ShardError(f"{shard.path}: label {min(shard.labels())} is negative")
+        out[split] = PackedSplit(shards, np.asarray([y for s in shards for y in s.labels()], np.int32))
+    return int(max(split.labels.max() for split in out.values())) + 1, out
 
 
 def _write_arrayrecord(path: str, examples) -> None:

@@ -275,3 +275,48 @@ def test_skip_bad_images_flag_runs_to_the_end(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"skipping unreadable image {bad_train}" in err and "unreadable images" in err.splitlines()[-1]
     assert sorted(losses(tmp_path / "skips")) == [1, 2]
+
+
+def _foreign_tar(path: Path, examples: list[tuple[str, str, bytes, str, bytes]]) -> None:
+    """A webdataset tar as other tools write it: ``(key, image ext, image bytes, label ext, label bytes)``."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for key, ext, image, label_ext, label in examples:
+            for name, payload in ((f"{key}.{ext}", image), (f"{key}.{label_ext}", label)):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
+def test_foreign_webdataset_tars(folder, tmp_path):
+    """Tars without dataset.json: examples in member order keyed up to the first dot, labels from .cls or .txt,
+    no class names, the class count the largest label plus one; bad labels name the shard and member."""
+    src = data.image_folder(folder)
+    files = [Path(p).read_bytes() for p in src.train.images]
+    root = tmp_path / "wds"
+    (root / "train").mkdir(parents=True)
+    (root / "val").mkdir()
+    order = [5, 0, 17, 3, 9, 12]  # member order, not key order
+    a = [(f"z{i:02d}", "JPEG" if i % 2 else "jpg", files[i], "cls", b"%d\n" % (3 * i)) for i in order[:3]]
+    b = [(f"imgs/a{i:02d}", "jpeg", files[i], "txt", b" %d " % (3 * i)) for i in order[3:]]
+    _foreign_tar(root / "train" / "part-0.tar", a)
+    _foreign_tar(root / "train" / "part-1.tar", b)
+    _foreign_tar(root / "val" / "v.tar", [("k", "jpg", files[1], "cls", b"2")])
+    d = data.load_dataset(str(root), 32)
+    assert d.classes == () and d.num_classes == 3 * 17 + 1 and len(d.train) == 6 and len(d.val) == 1
+    assert d.train.labels.tolist() == [3 * i for i in order]
+    for k, i in enumerate(order):
+        assert d.train.read(k) == files[i]
+    batch = next(iter(data.train_batches(d, img_size=32, global_batch=6, steps=1, seed=0)))
+    assert sorted(batch["label"].tolist()) == sorted(3 * i for i in order)
+    _foreign_tar(root / "val" / "v.tar", [("k", "jpg", files[1], "cls", b"two")])
+    with pytest.raises(records.ShardError, match=rf"{root / 'val' / 'v.tar'}: member k.cls: label 'two'"):
+        data.load_dataset(str(root), 32)
+    _foreign_tar(root / "val" / "v.tar", [("k", "jpg", files[1], "json", b"{}")])
+    with pytest.raises(records.ShardError, match=rf"{root / 'val' / 'v.tar'}: example k has no \.cls"):
+        data.load_dataset(str(root), 32)
+    (root / "val" / "v.tar").unlink()
+    with pytest.raises(records.ShardError, match=rf"{root / 'val'}: no .tar shards"):
+        data.load_dataset(str(root), 32)
