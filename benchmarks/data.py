@@ -278,8 +278,9 @@ class TimmSide:
         del loader
 
 
-def cpu_seconds() -> float | None:
-    """User + system CPU seconds of this process and every live descendant, from ``/proc`` (None off Linux)."""
+def cpu_seconds() -> tuple[float, float] | None:
+    """User + system CPU seconds of this process and of all its live descendants, from ``/proc`` (None off
+    Linux)."""
     proc = Path("/proc")
     if not (proc / "self" / "stat").exists():
         return None
@@ -301,7 +302,7 @@ def cpu_seconds() -> float | None:
             if pp in mine and pid not in mine:
                 mine.add(pid)
                 changed = True
-    return sum(times[pid] for pid in mine if pid in times)
+    return times[os.getpid()], sum(times[pid] for pid in mine if pid in times)
 
 
 def profile(side, n: int) -> dict:
@@ -363,11 +364,12 @@ def time_run(batches, batch_size: int, warm: int, steady: int) -> dict:
     batches.close()
     gc.collect()  # worker processes and threads go with their iterator
     images = steady * batch_size
-    cpu = None if cpu0 is None else cpu1 - cpu0
+    main, cpu = (None, None) if cpu0 is None else (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
     return {
         "first_batch_s": first_s,
         "images_per_sec": images / (t1 - t0),
         "cpu_s": cpu,
+        "main_process_cpu_s": main,  # of cpu_s: the process that receives (and, for grain, batches) the records
         "images_per_cpu_sec": None if not cpu else images / cpu,
     }
 
@@ -386,6 +388,9 @@ def summarise(runs: list[dict], workers: int) -> dict:
         "images_per_sec_max": max(r["images_per_sec"] for r in runs),
         "per_core_images_per_sec": rate / max(workers, 1),
         "images_per_cpu_sec": _median(runs, "images_per_cpu_sec"),
+        "main_process_cpu_share": _median(
+            [{"share": r["main_process_cpu_s"] / r["cpu_s"] if r["cpu_s"] else None} for r in runs], "share"
+        ),
         "first_batch_s": _median(runs, "first_batch_s"),
         "runs": runs,
     }

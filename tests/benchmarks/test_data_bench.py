@@ -46,6 +46,8 @@ def _check(res: dict, stdout: str, workers: int, formats=("imagefolder", "arrayr
     assert res["timm_first_batch_s"] > 0
     for side in res["sides"].values():
         assert len(side["runs"]) == 1 and side["per_core_images_per_sec"] == side["images_per_sec"] / max(workers, 1)
+        (run,) = side["runs"]
+        assert 0 <= run["main_process_cpu_s"] <= run["cpu_s"]  # the benchmark process's part of the CPU time
     assert "| timm DataLoader, imagefolder |" in stdout
     assert all(f"| vitjax, {fmt} |" in stdout for fmt in formats)
 
