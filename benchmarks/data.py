@@ -309,18 +309,20 @@ def profile(side, n: int) -> dict:
     """Where one worker's time goes: ``n`` batches of ``side`` made in this thread under cProfile, split by the
     cumulative time of the functions ``side.parts()`` names. "crop, resize, flip" is the transform's time less
     its named parts (RandAugment, jitter, erasing, to tensor); "other" the total less reading, transform and
-    collation (sampling, the pipeline's own bookkeeping). cProfile's overhead weighs on Python-heavy parts most."""
+    collation (sampling, the pipeline's own bookkeeping). cProfile's overhead weighs on Python-heavy parts most.
+    cProfile times the wall clock, which on a busy machine includes the time the process waits for a core; the
+    process's CPU time over the same loop (``cpu_s``) gives the shares' CPU milliseconds (``cpu_ms_per_image``)."""
     import cProfile
     import pstats
 
     prof = cProfile.Profile()
     batches = side.profile_batches(n)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     prof.enable()
     for _ in range(n):
         next(batches)
     prof.disable()
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu
     batches.close()
     stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, primitive calls, own s, cumulative s, callers)
 
@@ -340,11 +342,14 @@ def profile(side, n: int) -> dict:
         "other": total - read - augment - collation,
     }
     images = n * side.args.batch_size
+    shares = {k: v / total for k, v in seconds.items()}
     return {
         "total_s": total,
+        "cpu_s": cpu,
         "images": images,
         "seconds": seconds,
-        "shares": {k: v / total for k, v in seconds.items()},
+        "shares": shares,
+        "cpu_ms_per_image": {k: 1e3 * cpu * v / images for k, v in shares.items()},
     }
 
 
@@ -518,12 +523,12 @@ def table(result: dict) -> str:
     if "profile" in result:
         prof = result["profile"]
         names = list(next(iter(prof.values()))["seconds"])
-        rows += ["", "Where one worker's time goes (cProfile, --workers 0, share of the time; ms per image):", ""]
+        rows += ["", "Where one worker's time goes (cProfile, --workers 0, share of the time; CPU ms per image):", ""]
         rows += ["| part | " + " | ".join(prof) + " |", "|---|" + "---|" * len(prof)]
         for name in names:
-            cells = [f"{p['shares'][name]:.0%} ({1e3 * p['seconds'][name] / p['images']:.2f})" for p in prof.values()]
+            cells = [f"{p['shares'][name]:.0%} ({p['cpu_ms_per_image'][name]:.2f})" for p in prof.values()]
             rows.append(f"| {name} | " + " | ".join(cells) + " |")
-        cells = [f"100% ({1e3 * p['total_s'] / p['images']:.2f})" for p in prof.values()]
+        cells = [f"100% ({1e3 * p['cpu_s'] / p['images']:.2f})" for p in prof.values()]
         rows.append("| total | " + " | ".join(cells) + " |")
     return "\n".join([head, *rows])
 

@@ -91,6 +91,7 @@ def test_benchmark_in_process_without_workers(jpegs, tmp_path, monkeypatch, caps
     for prof in res["profile"].values():
         assert prof["images"] == 16
         assert sum(prof["seconds"].values()) == pytest.approx(prof["total_s"])
+        assert sum(prof["cpu_ms_per_image"].values()) == pytest.approx(1e3 * prof["cpu_s"] / 16)
         assert prof["seconds"]["read + decode"] > 0 and prof["seconds"]["crop, resize, flip"] > 0
         assert all(v > -1e-3 for v in prof["shares"].values())
 
