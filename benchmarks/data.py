@@ -37,12 +37,15 @@ Each run builds its loader anew. The time from building it to the first batch (w
 first batch) is reported on its own; the steady rate is over the ``--batches`` batches that follow the first
 ``1 + 2 * workers``: while the first batch is being made (a grain worker process starts in seconds: it imports
 jax), the workers fill their buffers (timm's two batches a worker, grain's a batch between them and its read
-threads' buffers), and counting those batches as steady would flatter the side that starts slowest. A side's
-figure is the median over its runs. Per core: images/s divided
-by the workers (by one for ``--workers 0``: everything happens in the main process); and, measured rather than
-assumed, images per CPU-second: the CPU time (user + system) of this process and all its descendants, read from
-``/proc`` over the steady window (Linux only; ``null`` elsewhere). On a shared machine the second is the honest
-one: a worker that waits for a core is not counted.
+threads' buffers), and counting those batches as steady would flatter the side that starts slowest. Neither
+stream ends with the window (vitjax's goes on for ``2 * workers + 2`` batches more; timm's is its
+``MultiEpochsDataLoader``, ``use_multi_epochs_loader=True``, whose workers go on into the next epoch instead of
+idling while the last batches of one are taken), so the workers are as busy at its end as at its start, as in
+training. A side's figure is the median over its runs. Per core: images/s divided by the workers (by one for
+``--workers 0``: everything happens in the main process); and, measured rather than assumed, images per
+CPU-second: the CPU time (user + system) of this process and all its descendants, read from ``/proc`` over the
+steady window (Linux only; ``null`` elsewhere). On a shared machine the second is the honest one: a worker that
+waits for a core is not counted.
 """
 
 from __future__ import annotations
@@ -135,13 +138,14 @@ class VitjaxSide:
         )
 
     def batches(self, n: int, run: int):
-        """A fresh iterator of ``n`` batches (a different shuffle per run)."""
+        """A fresh iterator of ``n`` batches (a different shuffle per run), from a stream that goes on after
+        them, so the workers are still busy when the last is taken, as they are in training."""
         it = iter(
             self.data_lib.train_batches(
                 self.data,
                 img_size=self.args.img_size,
                 global_batch=self.cfg.batch_size,
-                steps=n,
+                steps=n + 2 * self.cfg.workers + 2,
                 seed=self.cfg.seed + run,
                 augment=self.augment,
                 aug_repeats=self.cfg.aug_repeats,
@@ -212,12 +216,12 @@ class TimmSide:
         self.dataset = timm.data.create_dataset("", root=args.data, split="train", is_training=True)
 
     def batches(self, n: int, run: int):
-        return self._epochs(self.loader(self.args.workers, run), n)
+        return self._epochs(self.loader(self.args.workers, run, repeat=True), n)
 
     def profile_batches(self, n: int):
         return self._epochs(self.loader(0, 0), n)
 
-    def loader(self, workers: int, run: int):
+    def loader(self, workers: int, run: int, repeat: bool = False):
         a = self.aug
         self.torch.manual_seed(self.args.seed + run)
         loader = self.timm_data.create_loader(
@@ -239,6 +243,7 @@ class TimmSide:
             mean=a.mean,
             std=a.std,
             num_workers=workers,
+            use_multi_epochs_loader=repeat,
             device=self.torch.device("cpu"),
         )
         return loader.loader if self.args.timm_prefetcher else loader  # the DataLoader, without the device part
@@ -269,7 +274,7 @@ class TimmSide:
 
     def _epochs(self, loader, n: int):
         count = 0
-        while count < n:  # further epochs when one is too short (persistent workers carry over)
+        while count < n:  # further epochs when one is too short
             for images, _ in loader:
                 yield images
                 count += 1
