@@ -39,8 +39,11 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,6 +292,22 @@ def eval_image(
     return np.asarray(im, np.uint8)
 
 
+def _worker_init(index: int, count: int, *, parent: int) -> None:
+    """Runs first in each data worker process. SIGTERM / SIGINT sent to the whole process group are left to the
+    training process, which checkpoints and then stops its workers; and a worker exits by itself once that
+    process is gone (killed outright, nobody would stop it)."""
+    del index, count
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 _SHM = 1 << 22  # arrays smaller than this go through the worker queues by pickle (see Batches.pipeline)
 
 
@@ -352,7 +371,8 @@ class Batches:
         # batch left some for the resource tracker to clean up, with a warning)
         reads = grain.experimental.WithOptionsIterDataset(reads, grain.experimental.DatasetOptions(min_shm_size=_SHM))
         spread = reads.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=max(per_worker, 1))
+            grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=max(per_worker, 1)),
+            worker_init_fn=functools.partial(_worker_init, parent=os.getpid()),
         )
         return spread.batch(self.batch, drop_remainder=True)
 

@@ -1,6 +1,10 @@
 """What a run writes on process 0: ``metrics.jsonl`` (one JSON object per logged step or evaluation),
 TensorBoard event files (``tb/``), ``curves.png`` at the end, and a progress bar with throughput and ETA.
 
+A train record holds ``loss``, ``lr``, ``grad_norm``, ``images_per_sec`` and ``data_wait``: the share (0 to 1) of
+the logging interval the loop spent waiting for its next batch, near 0 when the input pipeline keeps up (the
+progress bar shows it as ``wait``).
+
 On resume, ``metrics.jsonl`` keeps only the records up to the restored step, so that a resumed run's file
 reads like an uninterrupted one's.
 """

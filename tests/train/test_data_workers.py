@@ -43,10 +43,10 @@ class LoggedSplit(data.Split):
 
     log: str = ""
 
-    def load(self, i: int) -> Image.Image:
+    def load(self, i: int, prepare=None) -> Image.Image:
         with open(self.log, "a") as f:
             f.write(f"{os.getpid()} {i}\n")
-        return super().load(i)
+        return super().load(i, prepare)
 
 
 def _no_children():
@@ -114,3 +114,63 @@ def test_tiny_run_with_workers_resumes_exactly_and_logs_data_wait(folder, tmp_pa
     assert len(waits) == 4 and all(0.0 <= w <= 1.0 for w in waits)
     final = [r for r in recs if r["kind"] == "eval"][-1]
     assert {"top1", "top1_ema"} <= set(final)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"  # a zombie is gone
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_ignore_group_signals_and_exit_with_their_process(tmp_path):
+    """SIGTERM to a worker (as to a whole process group) is left to the training process; a SIGKILLed training
+    process leaves no worker behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "feed.py"
+    script.write_text(
+        "import multiprocessing, time\n"
+        "from train import data\n"
+        "if __name__ == '__main__':\n"
+        "    d = data.load_dataset('digits', 32)\n"
+        "    it = iter(data.train_batches(d, img_size=32, global_batch=8, steps=500, seed=0, workers=1))\n"
+        "    next(it)\n"
+        "    print(*[p.pid for p in multiprocessing.active_children()], flush=True)\n"
+        "    time.sleep(300)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, cwd=repo, env=env, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert pids and all(_alive(p) for p in pids)
+        for p in pids:
+            os.kill(p, signal.SIGTERM)
+        time.sleep(1.0)
+        assert all(_alive(p) for p in pids)  # ignored: the training process decides when its workers stop
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_eval_decodes_each_image_once_for_raw_and_ema(tmp_path, monkeypatch):
+    import jax
+
+    from tests.train.common import tiny_config
+    from train.loop import run
+
+    calls = []
+    real = data.eval_image
+    monkeypatch.setattr(data, "eval_image", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    cfg = tiny_config(tmp_path, steps=1, batch_size=8, eval_batch_size=120, model_ema_decay=0.9)
+    result = run(cfg, devices=jax.devices()[:1])
+    assert {"top1", "top1_ema"} <= set(result.final_eval)
+    assert sorted(calls) == list(range(360))  # the 360 digits validation images, each once
