@@ -27,8 +27,8 @@ resized to ``img_size / crop_pct`` on the short side and centre-cropped, as timm
 model's ``crop_pct`` / interpolation / mean / std from ``vitjax.data.resolve_model_data_config``. Images leave
 the pipeline as uint8 NHWC; normalisation happens on the device.
 
-Throughput: ``workers`` processes (``--workers``, ``Batches``) each read, decode and augment single records and
-batches are assembled in the training process; the batches are the same for any number of workers, and the
+Throughput: ``workers`` processes (``--workers``, ``Batches``) each read, decode, augment and stack whole batches,
+which reach the training process in shared memory; the batches are the same for any number of workers, and the
 iterator state is the batch index, so a checkpoint resumes under any worker or process count. ``DevicePrefetch``
 keeps the next batches on their way to the devices while a step runs. A JPEG whose random-resized crop is at least
 twice the output size is decoded at reduced scale (``plan_decode``).
@@ -308,7 +308,7 @@ def _worker_init(index: int, count: int, *, parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-_SHM = 1 << 22  # arrays smaller than this go through the worker queues by pickle (see Batches.pipeline)
+_NO_SHM = 1 << 62  # the size from which grain would put an array in shared memory (see Batches.pipeline)
 
 
 class Batches:
@@ -318,9 +318,11 @@ class Batches:
 
     ``workers`` 0: batches are made in this process, ``threads`` grain threads each making whole batches.
     ``workers`` N: grain's ``mp_prefetch`` starts N processes (spawned; each gets a pickled copy of the records'
-    functions and opens its own file handles) that decode and augment single records, ``threads`` read threads
-    each; batches are assembled here. Worker ``w`` reads records ``w, w + N, ...`` and grain interleaves them
-    back in order, so the batches do not depend on ``workers``."""
+    functions and opens its own file handles) that each make whole batches (read, decode, augment, stack;
+    ``threads`` read threads each). Worker ``w`` makes batches ``w, w + N, ...`` and grain interleaves them back
+    in order, so the batches do not depend on ``workers``. Whole batches rather than single records: handing
+    records over one at a time and stacking them here made the training process a bottleneck of its own
+    (docs/performance.md, the input pipeline)."""
 
     def __init__(self, records: grain.MapDataset, batch: int, *, workers: int = 0, threads: int = 0, bad=None):
         if workers < 0 or threads < 0:
@@ -362,19 +364,18 @@ class Batches:
 
         if not flags.FLAGS.is_parsed():  # grain reads an absl flag when it starts workers (once jax's profiler
             flags.FLAGS.mark_as_parsed()  # is loaded); outside absl.app nobody parsed them: take the defaults
-        per_worker = -(-self.batch // self.workers)  # records each worker keeps ready: a batch between them
-        reads = records.to_iter_dataset(
-            grain.ReadOptions(num_threads=max(self.threads, 1), prefetch_buffer_size=max(per_worker, 1))
+        batched = records.batch(self.batch, drop_remainder=True).to_iter_dataset(
+            grain.ReadOptions(num_threads=max(self.threads, 1), prefetch_buffer_size=max(2 * self.threads, 1))
         )
-        # one record's arrays (150 KB at 224 px) are pickled through the workers' queues rather than each put in
-        # its own shared-memory block, which grain frees asynchronously (a process ending right after its last
-        # batch left some for the resource tracker to clean up, with a warning)
-        reads = grain.experimental.WithOptionsIterDataset(reads, grain.experimental.DatasetOptions(min_shm_size=_SHM))
-        spread = reads.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=max(per_worker, 1)),
+        # batches go through the workers' queues by pickle, not in shared-memory blocks: grain frees those
+        # asynchronously, and a process ending right after its last batch left some to the resource tracker
+        batched = grain.experimental.WithOptionsIterDataset(
+            batched, grain.experimental.DatasetOptions(min_shm_size=_NO_SHM)
+        )
+        return batched.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2),
             worker_init_fn=functools.partial(_worker_init, parent=os.getpid()),
         )
-        return spread.batch(self.batch, drop_remainder=True)
 
 
 class BatchIterator:
