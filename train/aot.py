@@ -17,8 +17,8 @@ batch each process feeds. Exit status 1 when it does not fit.
 
 ``--find-batch`` reports the largest global batch that fits, each try one TPU compile (:func:`find_batch`, the
 search itself in :mod:`train.aot_search`); ``--table`` prints saved ``--json`` reports as a markdown table.
-``--attention plain`` compiles the plain attention form instead of ``jax.nn.dot_product_attention`` (the report
-and the table say which).
+``--attention fused`` compiles XLA's ``jax.nn.dot_product_attention`` instead of the plain attention form,
+vitjax's default on a TPU (the report and the table say which).
 
 jax's default backend stays the CPU (the TPU library serves only its compiler; the host lowers the step to count
 its FLOPs): :func:`main` sets ``jax_platforms`` to ``cpu`` unless ``JAX_PLATFORMS`` is set. A program that imports
@@ -189,7 +189,7 @@ def settings(cfg: TrainConfig, topo: Topology, mesh: jax.sharding.Mesh) -> dict:
         precision=cfg.precision,
         remat=cfg.remat,
         fsdp_min_size=cfg.fsdp_min_size,
-        attention="fused" if use_fused_attention() else "plain",
+        attention="fused" if use_fused_attention() else "plain",  # auto is the plain form on a TPU
     )
 
 
@@ -328,13 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--attention",
         choices=("fused", "plain"),
-        default="fused",
-        help="attention on the TPU: jax.nn.dot_product_attention (fused, vitjax's default off the CPU) or the "
-        "plain einsum-softmax-einsum (vitjax.set_fused_attention(False))",
+        default="plain",
+        help="attention on the TPU: the plain einsum-softmax-einsum (vitjax's default there) or XLA's "
+        "jax.nn.dot_product_attention (fused: vitjax.set_fused_attention(True))",
     )
     ours, rest = p.parse_known_args(argv)
     _host_backend_cpu()
-    set_fused_attention(ours.attention == "fused")
+    set_fused_attention(True if ours.attention == "fused" else None)
     if ours.table:
         reports = []
         for path in ours.table:

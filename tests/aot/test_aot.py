@@ -357,20 +357,19 @@ def test_multi_host_topology_compiles(tmp_path, capsys):
 
 
 def test_attention_switch(reports, topos):
-    """``--attention plain`` compiles the plain form (vitjax.set_fused_attention(False)); the default, fused, is
-    ``jax.nn.dot_product_attention`` (XLA's form on a TPU). Both do the same maths; the report and the table say
-    which was compiled."""
+    """``--attention fused`` compiles XLA's ``jax.nn.dot_product_attention`` (vitjax.set_fused_attention(True));
+    the default on a TPU is the plain form. Both do the same maths; the report and the table say which."""
     from vitjax.layers.attention import set_fused_attention
 
-    fused = reports["fsdp"]
-    assert fused.attention == "fused"
-    set_fused_attention(False)
+    plain = reports["fsdp"]
+    assert plain.attention == "plain"
+    set_fused_attention(True)
     try:
         cfg = parse_args([*TINY, *PRESETS["fsdp"][1], "--batch-size", "16", "--steps", "100"])
-        plain = aot.compile_report(cfg, topos["v5e:2x2"], total_steps=100)
+        fused = aot.compile_report(cfg, topos["v5e:2x2"], total_steps=100)
     finally:
-        set_fused_attention(True)
-    assert plain.attention == "plain" and plain.fits
+        set_fused_attention(None)
+    assert fused.attention == "fused" and fused.fits
     assert plain.program_flops_per_step == pytest.approx(fused.program_flops_per_step, rel=0.02)
     rows = aot_report.table([dataclasses.asdict(r) for r in (plain, fused)]).splitlines()[2:]
     assert "vit_tiny_patch16_224 (plain attention) |" in rows[0] and "(fused attention) |" in rows[1]

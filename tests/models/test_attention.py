@@ -65,10 +65,10 @@ def test_each_platform_gets_its_form():
     (``jax.nn.dot_product_attention`` adds a group axis) and in the plain one."""
     weights, out = f"{N}x{N}", f"{B}x{H}x{N}x{D}"
     assert _divisions("cpu") == [out]
-    for fused in (True, False):
+    for fused in (True, False, None):
         set_fused_attention(fused)
         try:
             for platform in ("tpu", "cuda"):
                 assert any(d.endswith(weights) for d in _divisions(platform)), (platform, fused)
         finally:
-            set_fused_attention(True)
+            set_fused_attention(None)

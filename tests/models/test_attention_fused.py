@@ -1,5 +1,6 @@
-"""Fused attention (``jax.nn.dot_product_attention``) off the CPU: equal to the plain form, chosen per platform,
-switchable, and never used where it cannot do the job (attention dropout).
+"""Fused attention (``jax.nn.dot_product_attention``): equal to the plain form, chosen per platform (cuDNN on
+NVIDIA GPUs by default, XLA's form off the CPU when asked), switchable, and never used where it cannot do the job
+(attention dropout).
 
 The XLA form of ``jax.nn.dot_product_attention`` runs on the CPU, so its values and gradients are compared with the
 plain form here; cuDNN's form needs an NVIDIA GPU (asked for on the CPU, it falls back to XLA's, which is checked
@@ -69,25 +70,36 @@ def _f32_logits(platform: str, dropout: bool | None = None) -> bool:
 
 
 def test_platforms_and_switch():
-    assert use_fused_attention()
-    assert not _f32_logits("cpu")
-    assert _f32_logits("tpu") and _f32_logits("cuda")
-    set_fused_attention(False)
+    """auto (the default): plain on the CPU and the TPU, and on CUDA too here, where cuDNN is absent (it raises
+    when asked, and auto then falls back to the plain form); True: XLA's form off the CPU; False: plain."""
+    assert use_fused_attention() is None
+    assert not _f32_logits("cpu") and not _f32_logits("tpu") and not _f32_logits("cuda")
     try:
-        assert not use_fused_attention()
+        set_fused_attention(True)
+        assert use_fused_attention() is True
+        assert not _f32_logits("cpu") and _f32_logits("tpu") and _f32_logits("cuda")
+        set_fused_attention(False)
+        assert use_fused_attention() is False
         assert not _f32_logits("tpu") and not _f32_logits("cuda")
     finally:
-        set_fused_attention(True)
+        set_fused_attention(None)
 
 
 def test_attention_dropout_keeps_the_plain_form():
-    assert not _f32_logits("tpu", dropout=True)  # active: the fused forms have no dropout
-    assert _f32_logits("tpu", dropout=False)  # eval mode: nothing to drop
+    set_fused_attention(True)
+    try:
+        assert not _f32_logits("tpu", dropout=True)  # active: the fused forms have no dropout
+        assert _f32_logits("tpu", dropout=False)  # eval mode: nothing to drop
+    finally:
+        set_fused_attention(None)
 
 
 def test_environment_variable(monkeypatch):
-    monkeypatch.setenv("VITJAX_FUSED_ATTENTION", "0")
-    assert not attention._fused_from_environment()
+    monkeypatch.delenv("VITJAX_FUSED_ATTENTION", raising=False)
+    assert attention._fused_from_environment() is None
+    for value, mode in (("auto", None), ("1", True), ("0", False)):
+        monkeypatch.setenv("VITJAX_FUSED_ATTENTION", value)
+        assert attention._fused_from_environment() is mode
     monkeypatch.setenv("VITJAX_FUSED_ATTENTION", "yes")
     with pytest.raises(ValueError, match="VITJAX_FUSED_ATTENTION='yes'"):
         attention._fused_from_environment()

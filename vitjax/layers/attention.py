@@ -6,14 +6,14 @@ one plain matmul and transpose its output to heads-first ``(B, heads, N, head_di
 faster than ``(B, N, heads, head_dim)`` batched matmuls. Projecting straight into the heads-first layout with one
 einsum made XLA:CPU transpose the layer-normed tokens and the kernel instead, which was slower.
 
-Off the CPU, :func:`attend` runs ``jax.nn.dot_product_attention`` (cuDNN flash attention on NVIDIA GPUs, whose
-memory does not grow with the N x N weights); ``VITJAX_FUSED_ATTENTION=0`` (read once, at import) or
-:func:`set_fused_attention` ``(False)`` keeps the plain form there too.
+On NVIDIA GPUs, :func:`attend` runs cuDNN's flash attention through ``jax.nn.dot_product_attention`` where it
+applies (its memory does not grow with the N x N weights). ``VITJAX_FUSED_ATTENTION`` (read once, at import:
+``auto``, the default; ``1``, ``jax.nn.dot_product_attention`` on every platform but the CPU; ``0``, the plain
+form everywhere) or :func:`set_fused_attention` choose.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -27,30 +27,38 @@ from vitjax.layers.norm import LayerNorm, NormFactory, RmsNorm
 from vitjax.sharding import EMBED, QKV
 from vitjax.xla_cpu import softmax_parts
 
+_MODES = {"auto": None, "1": True, "0": False}
 
-def _fused_from_environment() -> bool:
-    value = os.environ.get("VITJAX_FUSED_ATTENTION", "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"VITJAX_FUSED_ATTENTION={value!r}: expected 0 (plain) or 1 (fused off the CPU, the default)")
-    return value == "1"
+
+def _fused_from_environment() -> bool | None:
+    value = os.environ.get("VITJAX_FUSED_ATTENTION", "auto")
+    if value not in _MODES:
+        raise ValueError(
+            f"VITJAX_FUSED_ATTENTION={value!r}: expected auto (the default: cuDNN on NVIDIA GPUs), "
+            "1 (jax.nn.dot_product_attention on every platform but the CPU) or 0 (the plain form everywhere)"
+        )
+    return _MODES[value]
 
 
 _fused = _fused_from_environment()
 
 
-def use_fused_attention() -> bool:
-    """Whether :func:`attend` runs ``jax.nn.dot_product_attention`` off the CPU (``VITJAX_FUSED_ATTENTION``,
-    :func:`set_fused_attention`)."""
+def use_fused_attention() -> bool | None:
+    """The attention setting (``VITJAX_FUSED_ATTENTION``, :func:`set_fused_attention`): None (auto), True or
+    False."""
     return _fused
 
 
-def set_fused_attention(enable: bool = True) -> None:
-    """Fused attention off the CPU on (the default) or off (the plain einsum-softmax-einsum everywhere). A change
-    clears JAX's caches, as :func:`vitjax.set_cpu_kernels` does: a jitted function keeps the form it was traced
-    with."""
+def set_fused_attention(enable: bool | None = None) -> None:
+    """Which attention :func:`attend` compiles off the CPU: None (auto, the default) cuDNN's flash attention on
+    NVIDIA GPUs where it applies and the plain form elsewhere; True ``jax.nn.dot_product_attention`` on every
+    platform but the CPU (XLA's form on a TPU); False the plain form everywhere. A change clears JAX's caches, as
+    :func:`vitjax.set_cpu_kernels` does: a jitted function keeps the form it was traced with."""
     global _fused
-    if bool(enable) != _fused:
-        _fused = bool(enable)
+    if enable is not None:
+        enable = bool(enable)
+    if enable is not _fused:
+        _fused = enable
         jax.clear_caches()
 
 
@@ -68,11 +76,19 @@ def attend_plain(
 
 
 def attend_fused(
-    q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, bias: jax.Array | None = None, cudnn: bool = False
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    scale: float,
+    bias: jax.Array | None = None,
+    cudnn: bool = False,
+    fallback=None,
 ) -> jax.Array:
     """The same attention by ``jax.nn.dot_product_attention``: with ``cudnn``, cuDNN's flash attention where it
     takes the dtype and shapes (bf16 / fp16, head dim a multiple of 8; it raises otherwise, and on a machine
-    without cuDNN, and then XLA's form is used), else XLA's (logits and softmax in float32 at least)."""
+    without cuDNN), else, or when cuDNN refuses and no ``fallback(q, k, v, bias)`` is given, XLA's form (logits
+    and softmax in float32 at least)."""
     t = (0, 2, 1, 3)
     qt, kt, vt = q.transpose(t), k.transpose(t), v.transpose(t)  # each B, N, H, D
     if cudnn:
@@ -81,7 +97,8 @@ def attend_fused(
             out = jax.nn.dot_product_attention(qt, kt, vt, bias=b, scale=scale, implementation="cudnn")
             return out.transpose(t)  # B, H, Nq, D
         except (NotImplementedError, ValueError, RuntimeError):
-            pass
+            if fallback is not None:
+                return fallback(q, k, v, bias)
     out = jax.nn.dot_product_attention(qt, kt, vt, bias=bias, scale=scale, implementation="xla")  # B, Nq, H, D
     return out.transpose(t)  # B, H, Nq, D
 
@@ -101,23 +118,26 @@ def attend(
 ) -> jax.Array:
     """softmax(q k^T * scale + bias) v on heads-first tensors ``(B, H, N, D)``.
 
-    Compiled for the CPU: :func:`attend_plain`. Elsewhere, while fused attention is on (the default) and no
-    attention dropout is active (the fused forms have none): :func:`attend_fused`, cuDNN's flash attention on
-    NVIDIA GPUs where it applies and XLA's ``dot_product_attention`` otherwise (TPU included). The choice is a
-    ``lax.platform_dependent``, so a program compiled ahead of time for a TPU from a CPU host gets the TPU's form.
+    Compiled for the CPU: :func:`attend_plain`, always. On NVIDIA GPUs (unless :func:`set_fused_attention` is
+    False, or attention dropout is active, which the fused forms lack): cuDNN's flash attention where it takes the
+    dtype and shapes, else the plain form (XLA's form with True). On other platforms (TPU): the plain form, or
+    with True XLA's ``jax.nn.dot_product_attention``, which keeps float32 logits and took more memory than the
+    plain form for DINOv2-L on v5e (``train/AOT.md``). The choice is a ``lax.platform_dependent``, so a program
+    compiled ahead of time for a TPU from a CPU host gets the TPU's form.
     """
-    if not _fused or _dropout_on(dropout):
+    if _fused is False or _dropout_on(dropout):
         return attend_plain(q, k, v, scale=scale, bias=bias, dropout=dropout)
 
     def plain(q, k, v, bias):
         return attend_plain(q, k, v, scale=scale, bias=bias)
 
-    def fused(q, k, v, bias, cudnn=False):
-        return attend_fused(q, k, v, scale=scale, bias=bias, cudnn=cudnn)
+    def xla(q, k, v, bias):
+        return attend_fused(q, k, v, scale=scale, bias=bias)
 
-    return jax.lax.platform_dependent(
-        q, k, v, bias, cpu=plain, cuda=functools.partial(fused, cudnn=True), default=fused
-    )
+    def cudnn(q, k, v, bias):
+        return attend_fused(q, k, v, scale=scale, bias=bias, cudnn=True, fallback=None if _fused else plain)
+
+    return jax.lax.platform_dependent(q, k, v, bias, cpu=plain, cuda=cudnn, default=xla if _fused else plain)
 
 
 def split_qkv(
