@@ -31,7 +31,7 @@ the main process (``torch.set_num_threads(1)``, restored after; its workers use 
 ``--workers 0`` is one core on both sides.
 
 timm 1.0.31's RandAugment passes 0 bits to Pillow's posterize at the largest magnitudes, which this Pillow
-refuses: ``keep_timm_running_at_zero_bits`` gives those ops Pillow's old result, as ``train.augment_ops`` does.
+refuses: ``timm_posterize_at_zero_bits`` gives those ops Pillow's old result, as ``train.augment_ops`` does.
 
 Each run builds its loader anew. The time from building it to the first batch (worker start-up, and filling the
 first batch) is reported on its own; the steady rate is over the ``--batches`` batches that follow the first
@@ -51,6 +51,7 @@ waits for a core is not counted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -187,21 +188,33 @@ class VitjaxSide:
         }
 
 
-def keep_timm_running_at_zero_bits() -> None:
-    """Gives timm's posterize ops the 0-bit result Pillow gave before version 11 (a black image), as
-    ``train.augment_ops.posterize`` does. timm 1.0.31 passes 0 bits at the magnitudes that keep none (with
-    ``rand-m9-mstd0.5-inc1``, PosterizeIncreasing at magnitude 10, a few images in a thousand), which this
-    Pillow refuses with a ValueError: unpatched, timm's DataLoader stops within an epoch. The black image costs
-    one table lookup, as it did in Pillow; the ops are looked up when timm builds its transform."""
+_POSTERIZE = ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")
+
+
+def _posterize_zero_bits_black(img, bits_to_keep, **kw):
     from timm.data import auto_augment
 
-    def posterize(img, bits_to_keep, **kw):
-        if bits_to_keep <= 0:
-            return img.point([0] * 256 * len(img.getbands()))
-        return auto_augment.posterize(img, bits_to_keep, **kw)
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return auto_augment.posterize(img, bits_to_keep, **kw)
 
-    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
-        auto_augment.NAME_TO_OP[name] = posterize
+
+@contextlib.contextmanager
+def timm_posterize_at_zero_bits():
+    """While timm builds a transform inside this block, its posterize ops give the 0-bit result Pillow gave before
+    version 11 (a black image), as ``train.augment_ops.posterize`` does. timm 1.0.31 passes 0 bits at the
+    magnitudes that keep none (with ``rand-m9-mstd0.5-inc1``, PosterizeIncreasing at magnitude 10, a few images
+    in a thousand), which this Pillow refuses with a ValueError: unpatched, timm's DataLoader stops within an
+    epoch. timm's ops take their function when the transform is built, so the table is restored on leaving the
+    block (timm stays as installed for everything else in the process)."""
+    from timm.data import auto_augment
+
+    saved = {name: auto_augment.NAME_TO_OP[name] for name in _POSTERIZE}
+    auto_augment.NAME_TO_OP.update(dict.fromkeys(_POSTERIZE, _posterize_zero_bits_black))
+    try:
+        yield
+    finally:
+        auto_augment.NAME_TO_OP.update(saved)
 
 
 class TimmSide:
@@ -211,7 +224,6 @@ class TimmSide:
         import timm.data
         import torch
 
-        keep_timm_running_at_zero_bits()
         self.torch, self.timm_data, self.args, self.aug = torch, timm.data, args, augment
         self.dataset = timm.data.create_dataset("", root=args.data, split="train", is_training=True)
 
@@ -224,28 +236,29 @@ class TimmSide:
     def loader(self, workers: int, run: int, repeat: bool = False):
         a = self.aug
         self.torch.manual_seed(self.args.seed + run)
-        loader = self.timm_data.create_loader(
-            self.dataset,
-            input_size=(3, self.args.img_size, self.args.img_size),
-            batch_size=self.args.batch_size,
-            is_training=True,
-            use_prefetcher=self.args.timm_prefetcher,
-            re_prob=a.reprob,
-            re_mode=a.remode,
-            re_count=a.recount,
-            scale=a.scale,
-            ratio=a.ratio,
-            hflip=a.hflip,
-            vflip=a.vflip,
-            color_jitter=a.color_jitter[0] if a.color_jitter else None,
-            auto_augment=a.aa,
-            interpolation=a.interpolation,
-            mean=a.mean,
-            std=a.std,
-            num_workers=workers,
-            use_multi_epochs_loader=repeat,
-            device=self.torch.device("cpu"),
-        )
+        with timm_posterize_at_zero_bits():
+            loader = self.timm_data.create_loader(
+                self.dataset,
+                input_size=(3, self.args.img_size, self.args.img_size),
+                batch_size=self.args.batch_size,
+                is_training=True,
+                use_prefetcher=self.args.timm_prefetcher,
+                re_prob=a.reprob,
+                re_mode=a.remode,
+                re_count=a.recount,
+                scale=a.scale,
+                ratio=a.ratio,
+                hflip=a.hflip,
+                vflip=a.vflip,
+                color_jitter=a.color_jitter[0] if a.color_jitter else None,
+                auto_augment=a.aa,
+                interpolation=a.interpolation,
+                mean=a.mean,
+                std=a.std,
+                num_workers=workers,
+                use_multi_epochs_loader=repeat,
+                device=self.torch.device("cpu"),
+            )
         return loader.loader if self.args.timm_prefetcher else loader  # the DataLoader, without the device part
 
     def parts(self) -> dict:

@@ -76,13 +76,15 @@ def test_benchmark_runs_end_to_end(jpegs, tmp_path):
 
 def test_benchmark_in_process_without_workers(jpegs, tmp_path, monkeypatch, capsys):
     """``--workers 0`` through ``main`` in this process (no worker is forked from it), which keeps its torch
-    thread count."""
+    thread count and timm's op table (its 0-bit posterize patch lasts only while timm builds its transform)."""
     import torch
+    from timm.data import auto_augment
 
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
+    threads, ops = torch.get_num_threads(), dict(auto_augment.NAME_TO_OP)
     assert bench.main([*_args(jpegs, 0), "--profile"]) == 0
     assert torch.get_num_threads() == threads
+    assert auto_augment.NAME_TO_OP == ops
     res = json.loads((tmp_path / "res.json").read_text())
     _check(res, capsys.readouterr().out, 0)
     # --profile: each side's time split into parts that add up to the time measured, reading and decoding
