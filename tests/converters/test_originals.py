@@ -39,24 +39,7 @@ DINOV2_GIANT = (  # Meta's packed SwiGLU (mlp.w12, mlp.w3); width 48 so that the
 )
 TIPSV2 = ("vit_base_patch14_reg1_tipsv2", "vit_base_patch14_reg1_tipsv2", {})
 DINOV2_ARGS = dict(SMALL, img_size=56, num_classes=0)
-AIMV2 = (
-    "aimv2_large_patch14_224",
-    "vit_base_patch16_224",
-    dict(
-        patch_size=14,
-        class_token=False,
-        fc_norm=False,
-        mlp_ratio=2.75,
-        global_pool="avg",
-        qkv_bias=False,
-        proj_bias=False,
-        act="silu",
-        norm_layer="rmsnorm",
-        norm_eps=1e-5,
-        embed_norm=True,
-        mlp_layer="swiglu",
-    ),
-)
+AIMV2 = ("aimv2_large_patch14_224", "aimv2_large_patch14_224", {})
 SIGLIP_GAP = ("vit_base_patch16_siglip_gap_224", "vit_base_patch16_siglip_gap_224", {})
 
 # The original names, spelled by hand from the published layouts (OpenAI's CLIP VisionTransformer, Meta's
